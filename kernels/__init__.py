@@ -1,0 +1,144 @@
+"""Attention and masked softmax for the BERT family: Triton kernels with a PyTorch fallback.
+
+    from kernels import attention
+    out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1)   # q, k, v: (B, H, T, D)
+
+This file is the only place that decides between the backends:
+  "triton"  the fused kernels in kernels/attention.py and kernels/softmax.py
+            (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1: how CI tests them)
+  "torch"   torch.nn.functional.scaled_dot_product_attention / kernels/reference.py
+
+The backend is chosen ONCE, at import: `KERNELS_IMPL=triton|torch` if set, else Triton when
+CUDA and Triton are usable, else PyTorch. Each call can override it with `impl=`. A forced
+Triton (by argument or by the environment) that cannot run is an error that says why; on
+auto, a case the kernel does not take (e.g. an odd head dim) falls back to PyTorch and warns
+once.
+
+Mask convention: key_padding_mask is (B, T), bool or 0/1, True = a real token. A query whose
+keys are all padding gets a zero output and zero gradients, never NaN.
+"""
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+
+# The Triton modules are imported here, BEFORE the functions below are defined: importing a
+# submodule sets an attribute of the same name on this package, and `kernels.attention` must
+# stay the function. They are optional: no Triton, no Triton backend.
+try:
+    from . import attention as _triton_attention
+    from . import softmax as _triton_softmax
+    _TRITON_IMPORT_ERROR = None
+except Exception as e:  # ImportError, or Triton failing to initialise
+    _triton_attention = _triton_softmax = None
+    _TRITON_IMPORT_ERROR = f"{type(e).__name__}: {e}"
+
+IMPLS = ("triton", "torch")
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_unavailable():
+    """None if the Triton backend can run on this machine, else the reason it cannot."""
+    if _TRITON_IMPORT_ERROR is not None:
+        return f"the Triton kernels could not be imported ({_TRITON_IMPORT_ERROR})"
+    if not torch.cuda.is_available() and not _interpreting():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
+    return None
+
+
+def _choose_backend():
+    env = os.environ.get("KERNELS_IMPL", "").strip().lower()
+    if env:
+        if env not in IMPLS:
+            raise ValueError(f"KERNELS_IMPL={env!r} is not a backend; use one of {IMPLS} or unset it")
+        return env, True
+    auto = "triton" if torch.cuda.is_available() and _triton_unavailable() is None else "torch"
+    return auto, False
+
+
+BACKEND, _FORCED = _choose_backend()
+_warned = set()
+
+
+def _resolve(impl, why_unsupported):
+    """Pick the backend for one call. why_unsupported() -> None or the reason Triton can't take it."""
+    forced = impl is not None or _FORCED
+    impl = (impl or BACKEND).lower()
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not a backend; use one of {IMPLS}")
+    if impl == "torch":
+        return "torch"
+    reason = _triton_unavailable() or why_unsupported()
+    if reason is None:
+        return "triton"
+    if forced:
+        raise RuntimeError(f"the Triton backend was forced but cannot run: {reason}. "
+                           "Use impl='torch' or KERNELS_IMPL=torch for the PyTorch path.")
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"kernels: falling back to PyTorch: {reason}", stacklevel=3)
+    return "torch"
+
+
+def _check_qkv(q, k, v, key_padding_mask):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k, v shapes do not agree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+        raise ValueError(f"key_padding_mask must be (B, T) = {(k.shape[0], k.shape[2])}; "
+                         f"got {tuple(key_padding_mask.shape)}")
+
+
+def _sdpa(q, k, v, key_padding_mask, dropout_p, scale):
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    keep = key_padding_mask.to(device=q.device, dtype=torch.bool)     # (B, T)
+    has_key = keep.any(dim=-1)                                       # (B,)
+    # SDPA turns a row with no allowed key into NaN; let such rows see every key, then zero them
+    keep = keep | ~has_key[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
+                                         dropout_p=dropout_p, scale=scale)  # (B, H, T, D)
+    return out * has_key[:, None, None, None].to(out.dtype)
+
+
+def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, impl=None):
+    """softmax(q k^T * scale, padded keys excluded), dropout, times v.
+
+    q, k, v: (B, H, T, D); key_padding_mask: (B, T), True = real token; scale defaults to
+    1/sqrt(D); dropout_p is applied to the attention probabilities (pass 0.0 in eval).
+    Returns (B, H, T, D) in q's dtype.
+    """
+    _check_qkv(q, k, v, key_padding_mask)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    backend = _resolve(impl, lambda: _triton_attention.unsupported(q, k, v, key_padding_mask, dropout_p))
+    if backend == "triton":
+        return _triton_attention.flash_attention(q, k, v, key_padding_mask, dropout_p, scale)
+    return _sdpa(q, k, v, key_padding_mask, dropout_p, scale)
+
+
+def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl=None):
+    """softmax(scale * scores) over the last dim with padded keys at probability 0, then dropout.
+
+    scores: (B, H, Tq, Tk); key_padding_mask: (B, Tk). For when the probabilities themselves
+    are wanted; `attention` never materializes them.
+    """
+    if scores.dim() != 4:
+        raise ValueError(f"scores must be (B, H, Tq, Tk); got {tuple(scores.shape)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (scores.shape[0], scores.shape[-1]):
+        raise ValueError(f"key_padding_mask must be (B, Tk) = {(scores.shape[0], scores.shape[-1])}; "
+                         f"got {tuple(key_padding_mask.shape)}")
+    backend = _resolve(impl, lambda: _triton_softmax.unsupported(scores, key_padding_mask, dropout_p))
+    if backend == "triton":
+        return _triton_softmax.masked_softmax(scores, key_padding_mask, float(scale), dropout_p)
+    return reference.masked_softmax(scores, key_padding_mask, scale, dropout_p)
+
+
+__all__ = ["attention", "masked_softmax", "BACKEND", "IMPLS", "reference"]
