@@ -426,3 +426,43 @@ def test_launchers_name_the_limit():
         flash_attention(q.float(), q.float(), q.float(), None, 1.0, None)
     with pytest.raises(ValueError, match="Tk = 16385 is more than 16384"):
         masked_softmax(torch.zeros(1, 1, 1, 16385, device=DEVICE), None, 1.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_tiny_bert_trains_identically_through_both_backends(monkeypatch):
+    """The same tiny BERT step (loss and every gradient) with the Triton kernels as with PyTorch."""
+    import bert
+
+    torch.manual_seed(0)
+    cfg = bert.BertConfig.from_preset("tiny", vocab_size=64, hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0)
+    model = bert.BertForPreTraining(cfg)
+    B, T = 2, 19
+    ids = torch.randint(5, 64, (B, T))
+    mask = torch.arange(T)[None] < torch.tensor([[T], [7]])
+    labels = torch.where(torch.rand(B, T) < 0.3, ids, -100).masked_fill(~mask, -100)
+    labels[:, 1] = ids[:, 1]
+    batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), labels=labels,
+                 next_sentence_label=torch.tensor([0, 1]))
+
+    def step(backend):
+        monkeypatch.setattr(kernels, "BACKEND", backend)
+        monkeypatch.setattr(kernels, "_FORCED", True)           # a failure to run Triton must not fall back
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    real = kernels._triton_attention.flash_attention
+    monkeypatch.setattr(kernels._triton_attention, "flash_attention", lambda *a: calls.append(1) or real(*a))
+    loss_torch, grads_torch = step("torch")
+    assert not calls
+    loss_triton, grads_triton = step("triton")
+    assert len(calls) == cfg.num_hidden_layers                    # the kernel really ran, once per layer
+    torch.testing.assert_close(loss_triton, loss_torch, atol=1e-5, rtol=1e-5)
+    assert grads_triton.keys() == grads_torch.keys()
+    for name in grads_torch:
+        torch.testing.assert_close(grads_triton[name], grads_torch[name], atol=1e-5, rtol=1e-4, msg=name)
