@@ -1,0 +1,169 @@
+"""train.py end to end on a tiny corpus: it trains, logs, checkpoints, resumes exactly, and
+turns bad input into one clear error."""
+import importlib
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import train
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron sigma tau upsilon "
+         "phi chi psi omega river mountain forest ocean desert valley island city village garden").split()
+
+
+def write_corpus(folder, n_docs=60, seed=0):
+    """Documents of a few sentences with a learnable structure (word pairs that co-occur)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for d in range(n_docs):
+        sents = []
+        for _ in range(rng.randint(3, 8)):
+            w = [rng.choice(WORDS) for _ in range(rng.randint(4, 10))]
+            sents.append(" ".join(f"{x} {WORDS[(WORDS.index(x) + 1) % len(WORDS)]}" for x in w).capitalize() + ".")
+        docs.append(" ".join(sents))
+    (folder / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    return write_corpus(tmp_path / "text")
+
+
+def base_args(corpus, out, model="bert", **kw):
+    args = {"--model": model, "--data": str(corpus), "--out": str(out), "--preset": "tiny",
+            "--vocab-size": "200", "--steps": "30", "--batch-size": "8", "--seq-len": "48",
+            "--lr": "2e-3", "--warmup": "3", "--eval-every": "15", "--eval-batches": "2",
+            "--save-every": "15", "--log-every": "5", "--show": "1", **kw}
+    return [x for k, v in args.items() for x in ((k,) if v is True else (k, v))]
+
+
+def records(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_trains_logs_and_saves(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(base_args(corpus, out))
+    recs = records(out)
+    logs = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in logs] == [5, 10, 15, 20, 25, 30]
+    assert {"step", "loss", "lr", "tokens_per_s", "mlm_acc", "nsp_acc", "data_ms", "step_ms"} <= set(logs[0])
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert {"val_loss", "val_mlm_acc", "val_nsp_acc"} <= set(evals[0])
+    assert logs[-1]["loss"] < logs[0]["loss"] - 0.5              # it learns
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    ckpt = out / "checkpoints" / "step_0000030"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "training_state.pt"):
+        assert (ckpt / f).exists() and (out / f if f != "training_state.pt" else ckpt / f).exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000015", "step_0000030"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    printed = capsys.readouterr().out
+    assert "held-out:" in printed and "fill-mask" in printed
+
+
+def test_resume_is_exact(corpus, tmp_path, monkeypatch):
+    """Stopping after the step-10 checkpoint and resuming gives the same weights and metrics
+    as running straight through (CPU, fp32)."""
+    common = {"--steps": "20", "--save-every": "10", "--eval-every": "10", "--show": "0"}
+    straight = tmp_path / "straight"
+    train.main(base_args(corpus, straight, **common))
+
+    interrupted = tmp_path / "interrupted"
+    real_save = train.save_checkpoint
+
+    def save_then_die(run_dir, step, *a, **k):
+        real_save(run_dir, step, *a, **k)
+        if step == 10:
+            raise KeyboardInterrupt                              # "killed" right after a checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(base_args(corpus, interrupted, **common))
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    train.main(base_args(corpus, interrupted, **common, **{"--resume": True}))
+
+    a = load_file(straight / "model.safetensors")
+    b = load_file(interrupted / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "data_ms", "step_ms")} for r in rs]
+    assert strip(records(straight)) == strip(records(interrupted))
+
+
+def test_resume_refuses_changed_settings_and_missing_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(train.UsageError, match="no checkpoint"):
+        train.main(base_args(corpus, out, **{"--resume": True}))
+    train.main(base_args(corpus, out, **{"--steps": "5", "--save-every": "5", "--show": "0"}))
+    with pytest.raises(train.UsageError, match="--seq-len 64"):
+        train.main(base_args(corpus, out, **{"--steps": "10", "--seq-len": "64", "--resume": True}))
+    train.main(base_args(corpus, out, **{"--steps": "10", "--save-every": "5", "--show": "0", "--resume": True}))
+    assert (out / "checkpoints" / "step_0000010").exists()
+
+
+def test_mlm_objective_and_init_from(corpus, tmp_path):
+    out = tmp_path / "mlm"
+    train.main(base_args(corpus, out, **{"--objective": "mlm", "--steps": "5", "--show": "0"}))
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    # continue pretraining from that checkpoint (weights + its tokenizer)
+    out2 = tmp_path / "cont"
+    model = train.main(base_args(corpus, out2, **{"--objective": "mlm", "--steps": "2", "--show": "0",
+                                                  "--init-from": str(out)}))
+    assert model.config.vocab_size == json.loads((out / "config.json").read_text())["vocab_size"]
+
+
+@pytest.mark.parametrize("extra, error, match", [
+    ({"--data": "/no/such/place"}, data.DataError, "/no/such/place"),
+    ({"--preset": "huge"}, train.UsageError, "unknown bert preset 'huge'"),
+    ({"--objective": "rtd"}, train.UsageError, "mlm\\+nsp"),
+    ({"--set": "hidden_size"}, train.UsageError, "KEY=VALUE"),
+])
+def test_bad_input_is_one_clear_error(corpus, tmp_path, extra, error, match):
+    with pytest.raises(error, match=match):
+        train.main(base_args(corpus, tmp_path / "run", **extra))
+
+
+def test_bad_corpus_files(corpus, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("\n  \n")
+    with pytest.raises(data.DataError, match="a.txt|empty"):
+        train.main(base_args(corpus, tmp_path / "run", **{"--data": str(empty)}))
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"hello\x00\xff\xfe world")
+    with pytest.raises(data.DataError, match="bin.txt"):
+        train.main(base_args(corpus, tmp_path / "run", **{"--data": str(binary)}))
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(base_args(corpus, out, **{"--steps": "2", "--show": "0"}))
+    rng = random.Random(1)
+    other_text = [" ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6))
+                           for _ in range(20)) for _ in range(200)]
+    bigger = importlib.import_module("tokenizer").train(other_text, kind="wordpiece", vocab_size=400,
+                                                       min_frequency=1)
+    bigger.save(tmp_path / "tok")
+    assert bigger.vocab_size > json.loads((out / "config.json").read_text())["vocab_size"]
+    with pytest.raises(train.UsageError, match="tokenizer has .* tokens but the model's vocabulary"):
+        train.main(base_args(corpus, tmp_path / "run2", **{"--init-from": str(out), "--tokenizer": str(tmp_path / "tok")}))
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "--model", "bert", "--data", str(tmp_path / "missing")],
+                       capture_output=True, text=True, cwd=train.__file__.rsplit("/", 1)[0])
+    assert r.returncode != 0
+    assert "missing" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "train.py", "--model", "gpt"], capture_output=True, text=True,
+                       cwd=train.__file__.rsplit("/", 1)[0])
+    assert r.returncode == 2 and "bert, roberta, albert, electra" in r.stderr
