@@ -1,0 +1,509 @@
+"""RoBERTa: BERT's encoder, pretrained better.
+
+Liu, Ott, Goyal, Du, Joshi, Chen, Levy, Lewis, Zettlemoyer, Stoyanov, "RoBERTa: A Robustly
+Optimized BERT Pretraining Approach", 2019. https://arxiv.org/abs/1907.11692
+
+The paper's finding is that BERT was undertrained, not that it needed a new architecture.
+What RoBERTa changes, and why:
+  no NSP            next-sentence prediction did not help (removing it matched or improved
+                    downstream scores), so the only objective is masked language modelling
+  dynamic masking   a new random mask each time a sequence is seen, not one fixed at preprocessing
+  FULL-SENTENCES    inputs are packed with contiguous sentences up to 512 tokens, crossing
+                    document boundaries (with a separator), so no batch slot is wasted on padding
+  more compute      8k-sequence batches, 10x the data (160GB of text), longer training
+  byte-level BPE    a 50K GPT-2-style vocabulary of bytes: nothing is ever <unk>
+The encoder is BERT's, unchanged. What differs in the checkpoint: positions start after the
+padding index (padding_idx + 1, computed from input_ids != pad, and padding keeps position
+padding_idx, as fairseq does), hence max_position_embeddings = 514 for 512 tokens;
+type_vocab_size = 1 (no segment B); layer_norm_eps = 1e-5; pad_token_id = 1
+(<s>=0 <pad>=1 </s>=2 <unk>=3); the MLM head is `lm_head` and the classifier reads <s>
+through its own dense + tanh layer instead of a pooler.
+
+Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a
+published checkpoint directory and `save_pretrained` writes one that `transformers` loads
+with the same outputs. The blocks shared with bert.py are copied under `# Copied from`
+markers, checked by tests/test_copies.py. This file depends only on torch, safetensors and
+`kernels`.
+"""
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import attention
+
+TOKENIZER_KIND = "bpe"                # tokenizer.py kind this family is pretrained with
+DEFAULT_OBJECTIVE = "mlm"             # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
+PACKED_SEQUENCES = True               # train.py asks data.py for FULL-SENTENCES packing
+POSITION_OFFSET = 2                   # positions 0..padding_idx never hold a token: seq_len <= max_pos - 2
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class RobertaConfig:
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 514            # 512 tokens + padding_idx + 1
+    type_vocab_size: int = 1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
+    num_labels: int = 2                           # for RobertaForSequenceClassification; 1 = regression
+
+    model_type: ClassVar[str] = "roberta"
+    # base and large as published; tiny and mini are CPU-sized, named as BERT's
+    PRESETS: ClassVar[dict] = {
+        "tiny":   dict(num_hidden_layers=2,  hidden_size=128,  num_attention_heads=2,  intermediate_size=512),
+        "mini":   dict(num_hidden_layers=4,  hidden_size=256,  num_attention_heads=4,  intermediate_size=1024),
+        "base":   dict(num_hidden_layers=12, hidden_size=768,  num_attention_heads=12, intermediate_size=3072),
+        "large":  dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
+    }
+
+    # Copied from bert.BertConfig.__post_init__
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+
+    # Copied from bert.BertConfig.from_preset
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.model_type} preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    # Copied from bert.BertConfig.from_dict
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a config.json dict, ignoring the keys this file does not use."""
+        if d.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
+                             f"load it with the {d.get('model_type')}.py file instead")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "id2label" in d and "num_labels" not in d:
+            kw["num_labels"] = len(d["id2label"])
+        return cls(**kw)
+
+    # Copied from bert.BertConfig.to_dict
+    def to_dict(self):
+        d = asdict(self)
+        d["model_type"] = self.model_type
+        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        del d["num_labels"]
+        return d
+
+
+# ----------------------------------------------------------------------------- outputs
+
+# Copied from bert.Output
+class Output(NamedTuple):
+    loss: Optional[torch.Tensor]       # scalar, None without labels
+    logits: torch.Tensor               # MLM: (N, V) at the N predicted positions, or (B, T, V) without labels
+    metrics: dict                      # detached scalars, e.g. {"mlm_acc": ...}
+    seq_relationship_logits: Optional[torch.Tensor] = None  # (B, 2), NSP
+
+
+# Copied from bert._mlm_loss
+def _mlm_loss(logits, labels, metrics):
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,)."""
+    loss = F.cross_entropy(logits.float(), labels)
+    metrics["mlm_loss"] = loss.detach()
+    metrics["mlm_acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------- blocks
+
+# Copied from bert.ACT2FN
+ACT2FN = {"gelu": F.gelu, "relu": F.relu,
+          "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+          "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class RobertaEmbeddings(nn.Module):
+    """BERT's embeddings, except the position ids: they count from padding_idx + 1, and padding keeps padding_idx."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                                padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        if position_ids is None:
+            position_ids = self.make_position_ids(input_ids)                   # (B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+
+    def make_position_ids(self, input_ids):
+        """padding_idx + 1, + 2, ... over the real tokens; padding_idx at padding (fairseq's make_positions).
+
+        Counting only real tokens makes a row's positions independent of its padding, on either side.
+        """
+        T, most = input_ids.shape[1], self.position_embeddings.num_embeddings - self.padding_idx - 1
+        if T > most:
+            raise ValueError(f"sequence length {T} exceeds {most}: max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings} minus padding_idx + 1")
+        real = (input_ids != self.padding_idx).long()                           # (B, T)
+        return torch.cumsum(real, dim=1) * real + self.padding_idx              # (B, T)
+
+
+# Copied from bert.BertSelfAttention with Bert->Roberta
+class RobertaSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, attention_mask=None):
+        B, T, H = x.shape
+        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
+        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        y = attention(q, k, v, key_padding_mask=attention_mask,
+                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
+        return y.transpose(1, 2).reshape(B, T, H)                                     # (B, T, H)
+
+
+# Copied from bert.BertSelfOutput with Bert->Roberta
+class RobertaSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, x):
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
+
+
+# Copied from bert.BertAttention with Bert->Roberta
+class RobertaAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = RobertaSelfAttention(config)
+        self.output = RobertaSelfOutput(config)
+
+    def forward(self, x, attention_mask=None):
+        return self.output(self.self(x, attention_mask), x)                    # (B, T, H)
+
+
+# Copied from bert.BertIntermediate with Bert->Roberta
+class RobertaIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))                                          # (B, T, 4H)
+
+
+# Copied from bert.BertOutput with Bert->Roberta
+class RobertaOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, x):
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H)
+
+
+# Copied from bert.BertLayer with Bert->Roberta
+class RobertaLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = RobertaAttention(config)
+        self.intermediate = RobertaIntermediate(config)
+        self.output = RobertaOutput(config)
+
+    def forward(self, x, attention_mask=None):
+        x = self.attention(x, attention_mask)                                   # (B, T, H)
+        return self.output(self.intermediate(x), x)                            # (B, T, H)
+
+
+# Copied from bert.BertEncoder with Bert->Roberta
+class RobertaEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([RobertaLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, x, attention_mask=None):
+        for layer in self.layer:
+            x = layer(x, attention_mask)
+        return x                                                                # (B, T, H)
+
+
+# Copied from bert.BertPooler with Bert->Roberta,[CLS]-><s>
+class RobertaPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(x[:, 0]))                                 # (B, H), from <s>
+
+
+class RobertaLMHead(nn.Module):
+    """MLM head: dense, GELU, LayerNorm, then the word embeddings (tied, passed in) as the output matrix, + a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        x = self.layer_norm(F.gelu(self.dense(x)))                             # (..., H); GELU whatever hidden_act
+        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
+
+
+class RobertaClassificationHead(nn.Module):
+    """Sentence classifier on the <s> token: dropout, dense, tanh, dropout, out_proj (a pooler of its own)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, h):
+        x = self.dropout(h[:, 0])                                               # (B, H), from <s>
+        x = self.dropout(torch.tanh(self.dense(x)))                            # (B, H)
+        return self.out_proj(x)                                                 # (B, num_labels)
+
+
+# ----------------------------------------------------------------------------- loading and saving
+
+# Copied from bert._atomic_write
+def _atomic_write(path, write):
+    """write(tmp_path) then rename over `path`: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# Copied from bert._read_state_dict
+def _read_state_dict(path):
+    """Weights of an HF checkpoint directory: model.safetensors (or its shards), else pytorch_model.bin."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    for index_name, single, load in (
+        ("model.safetensors.index.json", "model.safetensors", load_file),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin",
+         lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ):
+        if (path / single).exists():
+            return load(path / single)
+        if (path / index_name).exists():
+            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load(path / shard).items()}
+    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
+
+
+class RobertaPreTrainedModel(nn.Module):
+    """Weight init, and reading/writing the Hugging Face checkpoint layout (the methods are BERT's)."""
+    config_class = RobertaConfig
+    base_model_prefix = "roberta"
+    _fresh_keys = ("pooler.",)  # may be missing, initialised fresh: no RoBERTa objective trains the pooler
+    _dropped_keys = ("position_ids", "token_type_ids", "lm_head.decoder.")  # buffers and tied copies
+
+    # Copied from bert.BertPreTrainedModel._init_weights
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # Copied from bert.BertPreTrainedModel.num_parameters
+    def num_parameters(self, exclude_embeddings=False):
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+        return n
+
+    # Copied from bert.BertPreTrainedModel.save_pretrained
+    def save_pretrained(self, path):
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
+        _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+
+    # Copied from bert.BertPreTrainedModel.from_pretrained with bert->roberta,predictions.decoder.bias->lm_head.decoder.bias
+    @classmethod
+    def from_pretrained(cls, path, strict=True, **config_overrides):
+        """Load a Hugging Face checkpoint directory (ours or published) into this class.
+
+        A checkpoint of the bare encoder (keys without the `roberta.` prefix) loads into a head
+        model and vice versa. Missing or unexpected weights are an error that lists them;
+        strict=False loads what matches (use it to drop or add heads). A task head that the
+        checkpoint lacks (the classifier) is initialised fresh, and said once.
+        """
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no config.json")
+        try:
+            config_dict = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+        config = cls.config_class.from_dict({**config_dict, **config_overrides})
+        model = cls(config)
+        state = {}
+        for k, v in _read_state_dict(path).items():
+            k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if k.endswith("lm_head.decoder.bias"):                       # old checkpoints: the tied bias
+                k = k.replace("decoder.bias", "bias")
+                if k in state:
+                    continue
+            if not any(d in k for d in cls._dropped_keys):
+                state[k] = v
+        own = model.state_dict()
+        prefix = cls.base_model_prefix + "."
+        has_base = any(k.startswith(prefix) for k in own)
+        if has_base and not any(k.startswith(prefix) for k in state):      # bare encoder -> head model
+            state = {prefix + k: v for k, v in state.items()}
+        elif not has_base and any(k.startswith(prefix) for k in state):    # head checkpoint -> bare encoder
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        # the weights of a head this class does not have (the MLM head, when fine-tuning) are not used
+        unused = [k for k in unexpected if has_base and not k.startswith(prefix)]
+        unexpected = [k for k in unexpected if k not in unused]
+        fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
+        missing = [k for k in missing if k not in fresh]
+        if strict and (missing or unexpected):
+            raise ValueError(f"checkpoint {path} does not match {cls.__name__}:\n"
+                             f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
+                             "Pass strict=False to load the weights that match.")
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
+                             "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        if fresh or (not strict and missing):
+            print(f"{cls.__name__}: initialised fresh (not in {path}): "
+                  f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
+        if unused:
+            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
+        return model
+
+
+# ----------------------------------------------------------------------------- models
+
+# Copied from bert.BertModel with Bert->Roberta,[CLS]-><s>
+class RobertaModel(RobertaPreTrainedModel):
+    """The encoder: token ids -> last hidden state (B, T, H). `pooler` gives the <s> vector."""
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = RobertaEmbeddings(config)
+        self.encoder = RobertaEncoder(config)
+        self.pooler = RobertaPooler(config) if add_pooling_layer else None
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()                             # (B, T), True = real token
+        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, H)
+        return self.encoder(x, attention_mask)                                  # (B, T, H)
+
+
+class RobertaForMaskedLM(RobertaPreTrainedModel):
+    """RoBERTa's pretraining model: MLM only, no pooler, no NSP."""
+    _dropped_keys = RobertaPreTrainedModel._dropped_keys + ("pooler.",)   # published checkpoints carry an unused pooler
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.lm_head = RobertaLMHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.roberta(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            predicted = labels != -100
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
+        logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
+class RobertaForSequenceClassification(RobertaPreTrainedModel):
+    """<s> -> RobertaClassificationHead. num_labels = 1 is regression (MSE), else cross-entropy."""
+    _fresh_keys = ("classifier.",)
+    _dropped_keys = RobertaPreTrainedModel._dropped_keys + ("pooler.", "lm_head.")  # fine-tune a pretrained MLM
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.roberta = RobertaModel(config, add_pooling_layer=False)
+        self.classifier = RobertaClassificationHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.roberta(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+        logits = self.classifier(h)                                             # (B, num_labels)
+        metrics, loss = {}, None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+                metrics["acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+        return Output(loss, logits, metrics)
+
+
+# what train.py pretrains for each --objective
+PRETRAINING_CLASSES = {"mlm": RobertaForMaskedLM}
