@@ -1,0 +1,522 @@
+"""ALBERT: BERT with a factorized embedding, one set of layer weights shared by every layer, and SOP.
+
+Lan, Chen, Goodman, Gimpel, Sharma, Soricut, "ALBERT: A Lite BERT for Self-supervised Learning of
+Language Representations", ICLR 2020. https://arxiv.org/abs/1909.11942
+
+What ALBERT changes relative to BERT (bert.py), and why:
+  factorized embedding   tokens are embedded in a small space E (128), then one linear map E -> H
+                         (`embedding_hidden_mapping_in`): V x E + E x H instead of V x H parameters,
+                         since the vocabulary matrix need not grow with the hidden size. The MLM head
+                         maps H -> E and reuses the (V, E) word embeddings as its output matrix.
+  cross-layer sharing    the encoder owns `num_hidden_groups` groups of `inner_group_num` layers (1 x 1
+                         in every published model) and runs `num_hidden_layers` steps; step i uses group
+                         int(i / (num_hidden_layers / num_hidden_groups)), as `transformers` does. Depth
+                         costs compute, not parameters: ALBERT-large has 18M parameters, BERT-large 334M.
+  sentence-order         SOP replaces NSP: B follows A in order (label 0) or the two are swapped (1), so
+  prediction             the task is coherence, not the topic cues that make NSP easy.
+  no dropout             the published v2 models train without dropout (all dropout probabilities 0).
+  gelu_new               the tanh approximation of GELU, as in the original TensorFlow code.
+  vocabulary             a 30000-token SentencePiece Unigram vocabulary (tokenizer.py kind "unigram").
+The paper also masks n-grams of up to 3 tokens for MLM; data.py masks single tokens, as for BERT.
+
+Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a published
+checkpoint directory and `save_pretrained` writes one that `transformers` loads with the same
+outputs. This file depends only on torch, safetensors and `kernels`.
+"""
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import attention
+
+TOKENIZER_KIND = "unigram"            # tokenizer.py kind this family is pretrained with
+DEFAULT_OBJECTIVE = "mlm+sop"         # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class AlbertConfig:
+    # The defaults are transformers' (ALBERT-xxlarge), so a config.json that leaves a key out
+    # means here what it means there. Use a preset for the other sizes.
+    vocab_size: int = 30000
+    embedding_size: int = 128                     # E, the factorized embedding size
+    hidden_size: int = 4096                       # H
+    num_hidden_layers: int = 12                   # layer steps (depth), not distinct layers
+    num_hidden_groups: int = 1                    # distinct groups of weights the steps share
+    num_attention_heads: int = 64
+    intermediate_size: int = 16384
+    inner_group_num: int = 1                      # layers in each group
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout_prob: Optional[float] = 0.1   # SOP and classifier heads; None = hidden_dropout_prob
+    num_labels: int = 2                           # for AlbertForSequenceClassification; 1 = regression
+
+    model_type: ClassVar[str] = "albert"
+    # The published sizes (Table 1 of the paper, heads and FFN from the released configs), all with E = 128.
+    # tiny and mini are CPU-sized, with BERT's names and sizes, so train.py and the tests stay generic.
+    PRESETS: ClassVar[dict] = {
+        "tiny":    dict(num_hidden_layers=2,  hidden_size=128,  num_attention_heads=2,  intermediate_size=512),
+        "mini":    dict(num_hidden_layers=4,  hidden_size=256,  num_attention_heads=4,  intermediate_size=1024),
+        "base":    dict(num_hidden_layers=12, hidden_size=768,  num_attention_heads=12, intermediate_size=3072),
+        "large":   dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
+        "xlarge":  dict(num_hidden_layers=24, hidden_size=2048, num_attention_heads=16, intermediate_size=8192),
+        "xxlarge": dict(num_hidden_layers=12, hidden_size=4096, num_attention_heads=64, intermediate_size=16384),
+    }
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if not 1 <= self.num_hidden_groups <= self.num_hidden_layers:
+            raise ValueError(f"num_hidden_groups {self.num_hidden_groups} must lie in [1, num_hidden_layers "
+                             f"= {self.num_hidden_layers}]: a group that no layer uses is never trained")
+        if self.inner_group_num < 1:
+            raise ValueError(f"inner_group_num {self.inner_group_num} must be at least 1")
+
+    # Copied from bert.BertConfig.from_preset
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.model_type} preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    # Copied from bert.BertConfig.from_dict
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a config.json dict, ignoring the keys this file does not use."""
+        if d.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
+                             f"load it with the {d.get('model_type')}.py file instead")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "id2label" in d and "num_labels" not in d:
+            kw["num_labels"] = len(d["id2label"])
+        return cls(**kw)
+
+    # Copied from bert.BertConfig.to_dict
+    def to_dict(self):
+        d = asdict(self)
+        d["model_type"] = self.model_type
+        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        del d["num_labels"]
+        return d
+
+
+# ----------------------------------------------------------------------------- outputs
+
+# Copied from bert.Output with seq_relationship_logits->sop_logits,NSP->SOP
+class Output(NamedTuple):
+    loss: Optional[torch.Tensor]       # scalar, None without labels
+    logits: torch.Tensor               # MLM: (N, V) at the N predicted positions, or (B, T, V) without labels
+    metrics: dict                      # detached scalars, e.g. {"mlm_acc": ...}
+    sop_logits: Optional[torch.Tensor] = None  # (B, 2), SOP
+
+
+# Copied from bert._mlm_loss
+def _mlm_loss(logits, labels, metrics):
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,)."""
+    loss = F.cross_entropy(logits.float(), labels)
+    metrics["mlm_loss"] = loss.detach()
+    metrics["mlm_acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------- blocks
+
+# Copied from bert.ACT2FN
+ACT2FN = {"gelu": F.gelu, "relu": F.relu,
+          "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+          "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# Copied from bert.BertEmbeddings with Bert->Albert,hidden_size->embedding_size,H)->E)
+class AlbertEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)[None]      # (1, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids)                                    # (B, T, E)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, E)
+
+
+class AlbertAttention(nn.Module):
+    """Self-attention and its output projection + residual + LayerNorm, in one module (BERT uses three)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x, attention_mask=None):
+        B, T, H = x.shape
+        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
+        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        y = attention(q, k, v, key_padding_mask=attention_mask,
+                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, H)                                        # (B, T, H)
+        return self.LayerNorm(x + self.output_dropout(self.dense(y)))                 # (B, T, H), post-LN
+
+
+class AlbertLayer(nn.Module):
+    """One post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = AlbertAttention(config)
+        self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
+        # transformers defines this dropout but does not apply it; the original TensorFlow code does
+        # (it only matters with hidden_dropout_prob > 0, i.e. not for the v2 models)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.full_layer_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x, attention_mask=None):
+        x = self.attention(x, attention_mask)                                   # (B, T, H)
+        h = self.ffn_output(self.activation(self.ffn(x)))                       # (B, T, I) -> (B, T, H)
+        return self.full_layer_layer_norm(x + self.dropout(h))                 # (B, T, H)
+
+
+class AlbertLayerGroup(nn.Module):
+    """inner_group_num layers with their own weights, applied in order (one layer in every published model)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.albert_layers = nn.ModuleList([AlbertLayer(config) for _ in range(config.inner_group_num)])
+
+    def forward(self, x, attention_mask=None):
+        for layer in self.albert_layers:
+            x = layer(x, attention_mask)
+        return x                                                                # (B, T, H)
+
+
+class AlbertTransformer(nn.Module):
+    """E -> H, then num_hidden_layers steps through num_hidden_groups shared groups of weights."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_hidden_layers = config.num_hidden_layers
+        self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
+        self.albert_layer_groups = nn.ModuleList([AlbertLayerGroup(config) for _ in range(config.num_hidden_groups)])
+
+    def group_index(self, i):
+        """The group step i uses: the steps are split into num_hidden_groups equal runs, as transformers does."""
+        return int(i / (self.num_hidden_layers / len(self.albert_layer_groups)))
+
+    def forward(self, x, attention_mask=None):
+        x = self.embedding_hidden_mapping_in(x)                                 # (B, T, E) -> (B, T, H)
+        for i in range(self.num_hidden_layers):
+            x = self.albert_layer_groups[self.group_index(i)](x, attention_mask)
+        return x                                                                # (B, T, H)
+
+
+class AlbertPooler(nn.Linear):
+    """tanh(W h_[CLS]), the sentence vector for SOP and classification. A bare Linear in transformers
+    (`albert.pooler.weight`), so it is one here too, with the [CLS] pick and the tanh in forward."""
+
+    def __init__(self, config):
+        super().__init__(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(super().forward(x[:, 0]))                            # (B, H), from [CLS]
+
+
+class AlbertMLMHead(nn.Module):
+    """H -> E transform, then the word embeddings (V, E) as the output matrix (tied, passed in), plus a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        x = self.LayerNorm(self.activation(self.dense(x)))                     # (..., E)
+        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
+
+
+class AlbertSOPHead(nn.Module):
+    """Sentence-order prediction from the pooled [CLS]: 0 = A then B as in the text, 1 = swapped."""
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.classifier_dropout_prob
+        self.dropout = nn.Dropout(p if p is not None else config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 2)  # transformers sizes it num_labels, 2 by default
+
+    def forward(self, pooled):
+        return self.classifier(self.dropout(pooled))                           # (B, 2)
+
+
+# ----------------------------------------------------------------------------- loading and saving
+
+# Copied from bert._atomic_write
+def _atomic_write(path, write):
+    """write(tmp_path) then rename over `path`: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# Copied from bert._read_state_dict
+def _read_state_dict(path):
+    """Weights of an HF checkpoint directory: model.safetensors (or its shards), else pytorch_model.bin."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    for index_name, single, load in (
+        ("model.safetensors.index.json", "model.safetensors", load_file),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin",
+         lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ):
+        if (path / single).exists():
+            return load(path / single)
+        if (path / index_name).exists():
+            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load(path / shard).items()}
+    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
+
+
+# Copied from bert.BertPreTrainedModel with bert->albert,Bert->Albert,cls.predictions->predictions
+class AlbertPreTrainedModel(nn.Module):
+    """Weight init, and reading/writing the Hugging Face checkpoint layout."""
+    config_class = AlbertConfig
+    base_model_prefix = "albert"
+    _fresh_keys = ()          # key prefixes a checkpoint may lack (a new task head), initialised fresh
+    _dropped_keys = ("position_ids", "token_type_ids", "predictions.decoder.")  # buffers and tied copies
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self, exclude_embeddings=False):
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+        return n
+
+    def save_pretrained(self, path):
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
+        _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, path, strict=True, **config_overrides):
+        """Load a Hugging Face checkpoint directory (ours or published) into this class.
+
+        A checkpoint of the bare encoder (keys without the `albert.` prefix) loads into a head
+        model and vice versa. Missing or unexpected weights are an error that lists them;
+        strict=False loads what matches (use it to drop or add heads). A task head that the
+        checkpoint lacks (the classifier) is initialised fresh, and said once.
+        """
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no config.json")
+        try:
+            config_dict = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+        config = cls.config_class.from_dict({**config_dict, **config_overrides})
+        model = cls(config)
+        state = {}
+        for k, v in _read_state_dict(path).items():
+            k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if k.endswith("predictions.decoder.bias"):                       # old checkpoints: the tied bias
+                k = k.replace("decoder.bias", "bias")
+                if k in state:
+                    continue
+            if not any(d in k for d in cls._dropped_keys):
+                state[k] = v
+        own = model.state_dict()
+        prefix = cls.base_model_prefix + "."
+        has_base = any(k.startswith(prefix) for k in own)
+        if has_base and not any(k.startswith(prefix) for k in state):      # bare encoder -> head model
+            state = {prefix + k: v for k, v in state.items()}
+        elif not has_base and any(k.startswith(prefix) for k in state):    # head checkpoint -> bare encoder
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        # the weights of a head this class does not have (the MLM head, when fine-tuning) are not used
+        unused = [k for k in unexpected if has_base and not k.startswith(prefix)]
+        unexpected = [k for k in unexpected if k not in unused]
+        fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
+        missing = [k for k in missing if k not in fresh]
+        if strict and (missing or unexpected):
+            raise ValueError(f"checkpoint {path} does not match {cls.__name__}:\n"
+                             f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
+                             "Pass strict=False to load the weights that match.")
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
+                             "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        if fresh or (not strict and missing):
+            print(f"{cls.__name__}: initialised fresh (not in {path}): "
+                  f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
+        if unused:
+            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
+        return model
+
+
+# ----------------------------------------------------------------------------- models
+
+class AlbertModel(AlbertPreTrainedModel):
+    """The encoder: token ids -> last hidden state (B, T, H). `pooler` gives the [CLS] vector."""
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__()
+        self.config = config
+        self.embeddings = AlbertEmbeddings(config)
+        self.encoder = AlbertTransformer(config)
+        self.pooler = AlbertPooler(config) if add_pooling_layer else None
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()                             # (B, T), True = real token
+        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, E)
+        return self.encoder(x, attention_mask)                                  # (B, T, H)
+
+
+class AlbertForPreTraining(AlbertPreTrainedModel):
+    """MLM + sentence-order prediction, as ALBERT was pretrained. Loss = MLM loss + SOP loss."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config)
+        self.predictions = AlbertMLMHead(config)
+        self.sop_classifier = AlbertSOPHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                sentence_order_label=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids)             # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            predicted = labels != -100                                         # (B, T)
+            h_mlm, labels = h[predicted], labels[predicted]                    # (N, H), (N,): only masked tokens
+        else:
+            h_mlm = h
+        logits = self.predictions(h_mlm, self.albert.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        sop_logits = self.sop_classifier(self.albert.pooler(h))               # (B, 2)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        if sentence_order_label is not None:
+            sop_loss = F.cross_entropy(sop_logits.float(), sentence_order_label)
+            metrics["sop_loss"] = sop_loss.detach()
+            metrics["sop_acc"] = (sop_logits.detach().argmax(-1) == sentence_order_label).float().mean()
+            loss = sop_loss if loss is None else loss + sop_loss
+        return Output(loss, logits, metrics, sop_logits)
+
+
+# Copied from bert.BertForMaskedLM with bert->albert,BertOnlyMLMHead->AlbertMLMHead,Bert->Albert,self.cls->self.predictions,NSP->SOP
+class AlbertForMaskedLM(AlbertPreTrainedModel):
+    """MLM only (no pooler, no SOP), e.g. for --objective mlm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config, add_pooling_layer=False)
+        self.predictions = AlbertMLMHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids)               # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            predicted = labels != -100
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,)
+        logits = self.predictions(h, self.albert.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
+# Copied from bert.BertForSequenceClassification with bert->albert,Bert->Albert,classifier_dropout->classifier_dropout_prob
+class AlbertForSequenceClassification(AlbertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> linear. num_labels = 1 is regression (MSE), else cross-entropy."""
+    _fresh_keys = ("classifier.", "albert.pooler.")
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.albert = AlbertModel(config)
+        p = config.classifier_dropout_prob if config.classifier_dropout_prob is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids)               # (B, T, H)
+        logits = self.classifier(self.dropout(self.albert.pooler(h)))            # (B, num_labels)
+        metrics, loss = {}, None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+                metrics["acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+        return Output(loss, logits, metrics)
+
+
+# what train.py pretrains for each --objective
+PRETRAINING_CLASSES = {"mlm+sop": AlbertForPreTraining, "mlm": AlbertForMaskedLM}
