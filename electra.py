@@ -1,0 +1,669 @@
+"""ELECTRA: pretraining a text encoder as a discriminator rather than a generator.
+
+Clark, Luong, Le, Manning, "ELECTRA: Pre-training Text Encoders as Discriminators Rather Than
+Generators", ICLR 2020. https://arxiv.org/abs/2003.10555
+Reference code: https://github.com/google-research/electra
+
+What ELECTRA changes relative to BERT: the objective, replaced-token detection (RTD).
+  generator      a small masked language model (hidden size, heads and FFN a fraction of the
+                 discriminator's, as many layers) predicts the masked tokens, and a token is SAMPLED
+                 from its distribution at each masked position
+  discriminator  the encoder we keep: it reads the text with the samples in place and predicts, for
+                 EVERY token, whether it was replaced. BERT learns from the ~15% masked positions;
+                 here every token gives a signal, so ELECTRA learns more per step and per FLOP.
+  loss           generator MLM loss + 50 x discriminator BCE. No gradient flows through the
+                 sampling: the generator is trained by its MLM loss alone (not adversarially).
+  sharing        the two share the token, position and type embeddings (and their LayerNorm).
+  afterwards     the generator is thrown away; the discriminator is fine-tuned.
+The encoder is BERT's (post-LN layers, GELU), with one addition: the embeddings have their own
+size E = embedding_size, and `embeddings_project` maps E -> H when the two differ (ELECTRA-small:
+E = 128, H = 256). There is no pooler: a classifier reads the [CLS] vector through dense + GELU.
+
+Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining = the discriminator,
+ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs. A run
+directory holds the discriminator at its root and the generator in generator/. This file depends
+only on torch, safetensors and `kernels`.
+"""
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import attention
+
+TOKENIZER_KIND = "wordpiece"          # tokenizer.py kind this family is pretrained with
+DEFAULT_OBJECTIVE = "rtd"             # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
+# The masking data.py applies before a batch reaches the model. ELECTRA's pretrain_helpers.mask():
+# 15% of the tokens are chosen; 85% of those become [MASK], the other 15% stay as they are, none
+# is replaced by a random token (the generator's samples play that part).
+MLM_MASKING = dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0)
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class ElectraConfig:
+    vocab_size: int = 30522
+    embedding_size: int = 128                     # E: word/position/type embeddings, and the generator's output
+    hidden_size: int = 256
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
+    num_labels: int = 2                           # for ElectraForSequenceClassification; 1 = regression
+    # pretraining (our fields; transformers ignores them in config.json)
+    generator_size: float = 0.25                  # generator hidden size, heads and FFN as a fraction of these
+    generator_weight: float = 1.0                 # loss = generator_weight * MLM + discriminator_weight * RTD
+    discriminator_weight: float = 50.0
+
+    model_type: ClassVar[str] = "electra"
+    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, named as BERT's
+    PRESETS: ClassVar[dict] = {
+        "tiny":  dict(num_hidden_layers=2,  hidden_size=128,  embedding_size=128,  num_attention_heads=2,
+                      intermediate_size=512,  generator_size=1 / 4),
+        "mini":  dict(num_hidden_layers=4,  hidden_size=256,  embedding_size=128,  num_attention_heads=4,
+                      intermediate_size=1024, generator_size=1 / 4),
+        "small": dict(num_hidden_layers=12, hidden_size=256,  embedding_size=128,  num_attention_heads=4,
+                      intermediate_size=1024, generator_size=1 / 4),
+        "base":  dict(num_hidden_layers=12, hidden_size=768,  embedding_size=768,  num_attention_heads=12,
+                      intermediate_size=3072, generator_size=1 / 3),
+        "large": dict(num_hidden_layers=24, hidden_size=1024, embedding_size=1024, num_attention_heads=16,
+                      intermediate_size=4096, generator_size=1 / 4),
+    }
+
+    # Copied from bert.BertConfig.__post_init__
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+
+    # Copied from bert.BertConfig.from_preset
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown {cls.model_type} preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    # Copied from bert.BertConfig.from_dict
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a config.json dict, ignoring the keys this file does not use."""
+        if d.get("model_type", cls.model_type) != cls.model_type:
+            raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
+                             f"load it with the {d.get('model_type')}.py file instead")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "id2label" in d and "num_labels" not in d:
+            kw["num_labels"] = len(d["id2label"])
+        return cls(**kw)
+
+    # Copied from bert.BertConfig.to_dict
+    def to_dict(self):
+        d = asdict(self)
+        d["model_type"] = self.model_type
+        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        del d["num_labels"]
+        return d
+
+    def generator_config(self):
+        """The generator: hidden size, heads and FFN scaled by generator_size; same layers, E and vocabulary."""
+        f = self.generator_size
+        hidden, heads = round(self.hidden_size * f), max(1, round(self.num_attention_heads * f))
+        if not 0 < f <= 1 or hidden % heads:
+            raise ValueError(f"generator_size={f} gives a generator of hidden size {hidden} with {heads} heads; "
+                             "choose a fraction in (0, 1] that divides hidden size and heads evenly")
+        return replace(self, hidden_size=hidden, num_attention_heads=heads,
+                       intermediate_size=round(self.intermediate_size * f), generator_size=1.0)
+
+
+# ----------------------------------------------------------------------------- outputs and losses
+
+# Copied from bert.Output
+class Output(NamedTuple):
+    loss: Optional[torch.Tensor]       # scalar, None without labels
+    logits: torch.Tensor               # MLM: (N, V) at the N predicted positions, or (B, T, V) without labels
+    metrics: dict                      # detached scalars, e.g. {"mlm_acc": ...}
+    seq_relationship_logits: Optional[torch.Tensor] = None  # (B, 2), NSP
+
+
+# Copied from bert._mlm_loss
+def _mlm_loss(logits, labels, metrics):
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,)."""
+    loss = F.cross_entropy(logits.float(), labels)
+    metrics["mlm_loss"] = loss.detach()
+    metrics["mlm_acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+    return loss
+
+
+def _rtd_loss(logits, is_replaced, attention_mask, metrics):
+    """Binary cross-entropy over the real tokens: was each one replaced? logits, is_replaced: (B, T)."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits, dtype=torch.bool)
+    logits, is_replaced = logits[real].float(), is_replaced[real].bool()         # (M,), (M,): real tokens only
+    loss = F.binary_cross_entropy_with_logits(logits, is_replaced.float())
+    said_replaced = logits.detach() > 0                                          # (M,) the verdicts
+    hits = (said_replaced & is_replaced).sum()
+    metrics["rtd_loss"] = loss.detach()
+    metrics["rtd_acc"] = (said_replaced == is_replaced).float().mean()
+    metrics["rtd_precision"] = hits / said_replaced.sum().clamp(min=1)           # of the tokens called replaced
+    metrics["rtd_recall"] = hits / is_replaced.sum().clamp(min=1)                # of the replaced tokens
+    metrics["replaced_frac"] = is_replaced.float().mean()
+    return loss
+
+
+def gumbel_sample(logits, generator=None):
+    """One id per row, drawn from softmax(logits) by the Gumbel-max trick; float32, no gradient. (N, V) -> (N,)"""
+    logits = logits.detach().float()
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)      # (N, V) uniform in [0, 1)
+    gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)                             # (N, V) Gumbel(0, 1) noise
+    return (logits + gumbel).argmax(-1)                                          # (N,)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+# Copied from bert.ACT2FN
+ACT2FN = {"gelu": F.gelu, "relu": F.relu,
+          "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+          "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size
+class ElectraEmbeddings(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        if position_ids is None:
+            position_ids = torch.arange(T, device=input_ids.device)[None]      # (1, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+
+
+# Copied from bert.BertSelfAttention with Bert->Electra
+class ElectraSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, attention_mask=None):
+        B, T, H = x.shape
+        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
+        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        y = attention(q, k, v, key_padding_mask=attention_mask,
+                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
+        return y.transpose(1, 2).reshape(B, T, H)                                     # (B, T, H)
+
+
+# Copied from bert.BertSelfOutput with Bert->Electra
+class ElectraSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, x):
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
+
+
+# Copied from bert.BertAttention with Bert->Electra
+class ElectraAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = ElectraSelfAttention(config)
+        self.output = ElectraSelfOutput(config)
+
+    def forward(self, x, attention_mask=None):
+        return self.output(self.self(x, attention_mask), x)                    # (B, T, H)
+
+
+# Copied from bert.BertIntermediate with Bert->Electra
+class ElectraIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))                                          # (B, T, 4H)
+
+
+# Copied from bert.BertOutput with Bert->Electra
+class ElectraOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, x):
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H)
+
+
+# Copied from bert.BertLayer with Bert->Electra
+class ElectraLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = ElectraAttention(config)
+        self.intermediate = ElectraIntermediate(config)
+        self.output = ElectraOutput(config)
+
+    def forward(self, x, attention_mask=None):
+        x = self.attention(x, attention_mask)                                   # (B, T, H)
+        return self.output(self.intermediate(x), x)                            # (B, T, H)
+
+
+# Copied from bert.BertEncoder with Bert->Electra
+class ElectraEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([ElectraLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, x, attention_mask=None):
+        for layer in self.layer:
+            x = layer(x, attention_mask)
+        return x                                                                # (B, T, H)
+
+
+class ElectraDiscriminatorPredictions(nn.Module):
+    """The replaced-token head: one logit per token, > 0 = 'replaced'."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, x):
+        return self.dense_prediction(self.act(self.dense(x))).squeeze(-1)      # (B, T)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    """The generator's MLM transform, H -> E, so that the (shared) word embeddings can be the output matrix."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))                           # (..., E)
+
+
+class ElectraGeneratorLMHead(nn.Module):
+    """E -> V: the word-embedding matrix (tied, passed in by the caller) plus a bias of its own."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
+
+
+class ElectraClassificationHead(nn.Module):
+    """Sentence classification from the [CLS] vector: dense + GELU (not BERT's tanh pooler), then out_proj."""
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, h):
+        x = F.gelu(self.dense(self.dropout(h[:, 0])))                          # (B, H), from [CLS]
+        return self.out_proj(self.dropout(x))                                  # (B, num_labels)
+
+
+# ----------------------------------------------------------------------------- loading and saving
+
+# Copied from bert._atomic_write
+def _atomic_write(path, write):
+    """write(tmp_path) then rename over `path`: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# Copied from bert._read_state_dict
+def _read_state_dict(path):
+    """Weights of an HF checkpoint directory: model.safetensors (or its shards), else pytorch_model.bin."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    for index_name, single, load in (
+        ("model.safetensors.index.json", "model.safetensors", load_file),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin",
+         lambda f: torch.load(f, map_location="cpu", weights_only=True)),
+    ):
+        if (path / single).exists():
+            return load(path / single)
+        if (path / index_name).exists():
+            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load(path / shard).items()}
+    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
+
+
+class ElectraPreTrainedModel(nn.Module):
+    """Weight init, and reading/writing the Hugging Face checkpoint layout."""
+    config_class = ElectraConfig
+    base_model_prefix = "electra"
+    _fresh_keys = ()          # key prefixes a checkpoint may lack (a new task head), initialised fresh
+    # buffers, and the generator's output matrix (a copy of the word embeddings in older checkpoints)
+    _dropped_keys = ("position_ids", "token_type_ids", "generator_lm_head.weight")
+
+    # Copied from bert.BertPreTrainedModel._init_weights
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # Copied from bert.BertPreTrainedModel.num_parameters
+    def num_parameters(self, exclude_embeddings=False):
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+        return n
+
+    # Copied from bert.BertPreTrainedModel.save_pretrained
+    def save_pretrained(self, path):
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
+        _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
+
+    # Copied from bert.BertPreTrainedModel.from_pretrained with bert->electra
+    @classmethod
+    def from_pretrained(cls, path, strict=True, **config_overrides):
+        """Load a Hugging Face checkpoint directory (ours or published) into this class.
+
+        A checkpoint of the bare encoder (keys without the `electra.` prefix) loads into a head
+        model and vice versa. Missing or unexpected weights are an error that lists them;
+        strict=False loads what matches (use it to drop or add heads). A task head that the
+        checkpoint lacks (the classifier) is initialised fresh, and said once.
+        """
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no config.json")
+        try:
+            config_dict = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+        config = cls.config_class.from_dict({**config_dict, **config_overrides})
+        model = cls(config)
+        state = {}
+        for k, v in _read_state_dict(path).items():
+            k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if k.endswith("predictions.decoder.bias"):                       # old checkpoints: the tied bias
+                k = k.replace("decoder.bias", "bias")
+                if k in state:
+                    continue
+            if not any(d in k for d in cls._dropped_keys):
+                state[k] = v
+        own = model.state_dict()
+        prefix = cls.base_model_prefix + "."
+        has_base = any(k.startswith(prefix) for k in own)
+        if has_base and not any(k.startswith(prefix) for k in state):      # bare encoder -> head model
+            state = {prefix + k: v for k, v in state.items()}
+        elif not has_base and any(k.startswith(prefix) for k in state):    # head checkpoint -> bare encoder
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        # the weights of a head this class does not have (the MLM head, when fine-tuning) are not used
+        unused = [k for k in unexpected if has_base and not k.startswith(prefix)]
+        unexpected = [k for k in unexpected if k not in unused]
+        fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
+        missing = [k for k in missing if k not in fresh]
+        if strict and (missing or unexpected):
+            raise ValueError(f"checkpoint {path} does not match {cls.__name__}:\n"
+                             f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
+                             "Pass strict=False to load the weights that match.")
+        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                 for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
+                             "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        if fresh or (not strict and missing):
+            print(f"{cls.__name__}: initialised fresh (not in {path}): "
+                  f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
+        if unused:
+            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
+        return model
+
+
+# ----------------------------------------------------------------------------- models
+
+class ElectraModel(ElectraPreTrainedModel):
+    """The encoder: token ids -> last hidden state (B, T, H). Embeddings of size E, projected to H if E != H."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = ElectraEmbeddings(config)
+        self.embeddings_project = (nn.Linear(config.embedding_size, config.hidden_size)
+                                   if config.embedding_size != config.hidden_size else None)
+        self.encoder = ElectraEncoder(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()                             # (B, T), True = real token
+        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, E)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)                                     # (B, T, H)
+        return self.encoder(x, attention_mask)                                  # (B, T, H)
+
+
+class ElectraForPreTraining(ElectraPreTrainedModel):
+    """The discriminator: for every token, was it replaced? labels (B, T): 1 = replaced, 0 = original.
+
+    The loss is the binary cross-entropy over the real (non-padding) tokens, as in transformers.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+        logits = self.discriminator_predictions(h)                             # (B, T)
+        metrics, loss = {}, None
+        if labels is not None:
+            loss = _rtd_loss(logits, labels, attention_mask, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForMaskedLM(ElectraPreTrainedModel):
+    """The generator: an MLM whose output matrix is the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = ElectraGeneratorLMHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            predicted = labels != -100
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
+        x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
+        logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForSequenceClassification(ElectraPreTrainedModel):
+    """[CLS] -> dense + GELU -> out_proj. num_labels = 1 is regression (MSE), else cross-entropy."""
+    _fresh_keys = ("classifier.",)
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.classifier = ElectraClassificationHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+        logits = self.classifier(h)                                            # (B, num_labels)
+        metrics, loss = {}, None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+                metrics["acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+        return Output(loss, logits, metrics)
+
+
+# ----------------------------------------------------------------------------- replaced-token detection
+
+class Electra(nn.Module):
+    """ELECTRA pretraining: a generator and a discriminator trained jointly on replaced-token detection.
+
+    The two share ONE embeddings module (word, position and type embeddings and their LayerNorm);
+    each has its own encoder, and the generator its own embeddings_project when its hidden size
+    differs from E. `config` is the discriminator's; the generator's is config.generator_config().
+    save_pretrained writes the discriminator at the root of a directory, the generator in generator/.
+    """
+
+    def __init__(self, config, generator=None, discriminator=None):
+        super().__init__()
+        self.config = config
+        self.generator = generator if generator is not None else ElectraForMaskedLM(config.generator_config())
+        self.discriminator = discriminator if discriminator is not None else ElectraForPreTraining(config)
+        g, d = self.generator.config, self.discriminator.config
+        if (g.vocab_size, g.embedding_size) != (d.vocab_size, d.embedding_size):
+            raise ValueError("generator and discriminator share their embeddings, so they need the same "
+                             f"(vocab_size, embedding_size): {(g.vocab_size, g.embedding_size)} vs "
+                             f"{(d.vocab_size, d.embedding_size)}")
+        self.generator.electra.embeddings = self.discriminator.electra.embeddings      # shared: one module
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        """input_ids arrive masked (by data.py); labels hold the original ids there and -100 elsewhere.
+        Returns the loss, the discriminator's logits (B, T) and the metrics of both models."""
+        if labels is None:                                    # nothing masked: only the discriminator's verdicts
+            return self.discriminator(input_ids, attention_mask, token_type_ids)
+        # 1. the generator is a masked language model: its MLM loss at the masked positions
+        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels)  # logits (N, V)
+        # 2. sample a replacement there from its distribution, and put the samples in the text
+        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
+        # 3. the discriminator reads the corrupted text and says, for every real token, whether it
+        #    was replaced; a sample that equals the original token counts as original
+        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced)
+        # 4. one loss for both; no gradient reaches the generator through the sampling
+        loss = self.config.generator_weight * gen.loss + self.config.discriminator_weight * disc.loss
+        return Output(loss, disc.logits, {**gen.metrics, **disc.metrics})
+
+    def _corrupt(self, input_ids, labels, generator_logits, generator=None):
+        """The original text, the text with samples at the masked positions, and where the two differ."""
+        masked = labels != -100                                                   # (B, T)
+        original = torch.where(masked, labels, input_ids)                         # (B, T)
+        corrupted = input_ids.clone()
+        corrupted[masked] = gumbel_sample(generator_logits, generator)            # (N,) samples into (B, T)
+        return original, corrupted, corrupted != original
+
+    @torch.no_grad()
+    def replaced_token_detection(self, input_ids, attention_mask, token_type_ids, labels, generator=None):
+        """For display: the generator's replacements and the discriminator's verdicts, each (B, T).
+        `generator` is an optional torch.Generator for the sampling noise (repeatable displays)."""
+        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, labels=labels).logits  # (N, V)
+        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen_logits, generator)
+        logits = self.discriminator(corrupted, attention_mask, token_type_ids).logits            # (B, T)
+        return {"original": original, "corrupted": corrupted, "is_replaced": is_replaced,
+                "p_replaced": torch.sigmoid(logits.float())}
+
+    def save_pretrained(self, path):
+        """The discriminator at `path` (what gets fine-tuned), the generator at `path`/generator."""
+        self.discriminator.save_pretrained(path)
+        self.generator.save_pretrained(Path(path) / "generator")
+
+    @classmethod
+    def from_pretrained(cls, path, strict=True):
+        """Load a directory written by save_pretrained and share the embeddings again.
+
+        The two saved copies of the embeddings must agree. strict=False also takes a discriminator
+        alone (a published one, say) and pairs it with a fresh generator.
+        """
+        path = Path(path)
+        discriminator = ElectraForPreTraining.from_pretrained(path, strict=strict)
+        generator = None
+        if (path / "generator" / "config.json").is_file():
+            generator = ElectraForMaskedLM.from_pretrained(path / "generator", strict=strict)
+            d, g = discriminator.electra.embeddings.state_dict(), generator.electra.embeddings.state_dict()
+            differ = [k for k in d if not torch.equal(d[k], g[k])]
+            if differ and strict:
+                raise ValueError(f"the generator's embeddings in {path / 'generator'} differ from the "
+                                 f"discriminator's ({', '.join(differ)}), but ELECTRA shares them; "
+                                 "pass strict=False to keep the discriminator's")
+            if differ:
+                print("Electra: the generator's embeddings differ from the discriminator's; sharing the latter")
+        elif strict:
+            raise FileNotFoundError(f"{path} has no generator/ checkpoint beside the discriminator; "
+                                    "pass strict=False to pretrain it with a fresh generator")
+        else:
+            print(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings")
+        return cls(discriminator.config, generator, discriminator)
+
+
+# what train.py pretrains for each --objective
+PRETRAINING_CLASSES = {"rtd": Electra, "mlm": ElectraForMaskedLM}
