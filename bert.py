@@ -17,7 +17,6 @@ published checkpoint directory and `save_pretrained` writes one that `transforme
 with the same outputs. This file depends only on torch, safetensors and `kernels`.
 """
 import json
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -367,8 +366,10 @@ class BertPreTrainedModel(nn.Module):
         for k, v in _read_state_dict(path).items():
             k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
             if k.endswith("predictions.decoder.bias"):                       # old checkpoints: the tied bias
-                state.setdefault(k.replace("decoder.bias", "bias"), v)
-            elif not any(d in k for d in cls._dropped_keys):
+                k = k.replace("decoder.bias", "bias")
+                if k in state:
+                    continue
+            if not any(d in k for d in cls._dropped_keys):
                 state[k] = v
         own = model.state_dict()
         prefix = cls.base_model_prefix + "."
@@ -379,6 +380,9 @@ class BertPreTrainedModel(nn.Module):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
+        # the weights of a head this class does not have (the MLM head, when fine-tuning) are not used
+        unused = [k for k in unexpected if has_base and not k.startswith(prefix)]
+        unexpected = [k for k in unexpected if k not in unused]
         fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
         missing = [k for k in missing if k not in fresh]
         if strict and (missing or unexpected):
@@ -394,6 +398,8 @@ class BertPreTrainedModel(nn.Module):
         if fresh or (not strict and missing):
             print(f"{cls.__name__}: initialised fresh (not in {path}): "
                   f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
+        if unused:
+            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
         return model
 
 

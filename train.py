@@ -304,10 +304,41 @@ def show_fill_mask(mlm, tok, batches, device, n, k=5):
         probs = mlm(x, torch.ones_like(x, dtype=torch.bool)).logits[0, p].float().softmax(-1)
         top = probs.topk(k)
         lo, hi = max(0, p - 16), min(len(masked), p + 12)
-        text = tok.decode(masked[lo:hi], skip_special_tokens=False).replace(tok.pad_token, "")
+        text = f"{tok.decode(real[lo:p])} {tok.mask_token} {tok.decode(real[p + 1:hi])}"
         guesses = ", ".join(f"{tok.decode([i]).strip()} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"  ...{text}...\n    truth: {tok.decode([truth]).strip()!r:14} model: {guesses}")
     mlm.train()
+
+
+@torch.no_grad()
+def show_replaced_tokens(electra, tok, batches, device, n, width=48):
+    """ELECTRA: held-out text with the generator's replacements and the discriminator's verdicts."""
+    electra.eval()
+    b = {k: v[:n].to(device) for k, v in batches.get_batch(10_000).items()}
+    r = electra.replaced_token_detection(b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
+                                         b["labels"], generator=torch.Generator(device).manual_seed(0))
+    print("\nreplaced-token detection on held-out text: [original->generator's sample] marks a replaced token,"
+          "\n* a token the discriminator calls replaced (p > 0.5), with its probability:")
+    for row in range(r["original"].shape[0]):
+        real = b["attention_mask"][row].nonzero().flatten().tolist()[:width]
+        words, caught, replaced, false_alarms = [], 0, 0, 0
+        for i in real:
+            o, c = int(r["original"][row, i]), int(r["corrupted"][row, i])
+            if o in tok.special_ids:
+                continue
+            p, flagged = float(r["p_replaced"][row, i]), float(r["p_replaced"][row, i]) > 0.5
+            text = tok.id_to_token(o)
+            if bool(r["is_replaced"][row, i]):
+                replaced += 1
+                caught += flagged
+                text = f"[{text}->{tok.id_to_token(c)}]" + (f"*{p:.2f}" if flagged else f"({p:.2f})")
+            elif flagged:
+                false_alarms += 1
+                text = f"{text}*{p:.2f}"
+            words.append(text)
+        line = " ".join(words).replace(" ##", "").replace("##", "")
+        print(f"  {line}\n    replaced {replaced}, caught {caught}, false alarms {false_alarms}")
+    electra.train()
 
 
 # ----------------------------------------------------------------------------- main
@@ -471,6 +502,8 @@ def main(argv=None):
     print(f"saved {run_dir} (model + tokenizer, Hugging Face layout) and {run_dir / 'metrics.jsonl'}")
     if args.show:
         show_fill_mask(getattr(model, "generator", model), tok, val_batches, device, args.show)
+        if hasattr(model, "replaced_token_detection"):
+            show_replaced_tokens(model, tok, val_batches, device, args.show)
     return model
 
 

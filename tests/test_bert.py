@@ -220,3 +220,23 @@ def test_loading_errors(tmp_path):
 def test_pretraining_classes():
     assert bert.PRETRAINING_CLASSES == {"mlm+nsp": BertForPreTraining, "mlm": BertForMaskedLM}
     assert bert.DEFAULT_OBJECTIVE in bert.PRETRAINING_CLASSES
+
+
+def test_pretraining_checkpoint_loads_into_a_classifier(tmp_path, capsys):
+    """Fine-tuning starts from a pretraining checkpoint: the MLM/NSP heads are left out, said once."""
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(hf_config())
+    hf.save_pretrained(tmp_path)
+    # an old-style checkpoint also carries the tied copies of the MLM output matrix and bias
+    sd = {k: v.clone() for k, v in hf.state_dict().items()}
+    sd["cls.predictions.decoder.bias"] = sd["cls.predictions.bias"].clone()
+    sd["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"].clone()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "config.json").read_text())
+    torch.save(sd, tmp_path / "old" / "pytorch_model.bin")
+    for d in (tmp_path, tmp_path / "old"):
+        cls = BertForSequenceClassification.from_pretrained(d, num_labels=2)
+        torch.testing.assert_close(cls.bert.pooler.dense.weight, hf.bert.pooler.dense.weight)
+        printed = capsys.readouterr().out
+        assert "classifier" in printed and "not used" in printed and "cls.predictions" in printed
+        BertForPreTraining.from_pretrained(d)                       # and strictly into its own class
