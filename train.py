@@ -40,10 +40,10 @@ FAMILIES = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra":
 # Per-family defaults for the flags left unset: sized so that the default run finishes on a
 # 2-core laptop CPU in a few minutes. On a GPU pass --preset base and a real --steps.
 RECIPES = {
-    "bert":    dict(preset="mini", steps=600, batch_size=32, seq_len=128, lr=1e-3, warmup=60),
-    "roberta": dict(preset="mini", steps=600, batch_size=32, seq_len=128, lr=1e-3, warmup=60),
-    "albert":  dict(preset="mini", steps=600, batch_size=32, seq_len=128, lr=1e-3, warmup=60),
-    "electra": dict(preset="mini", steps=600, batch_size=32, seq_len=128, lr=1e-3, warmup=60),
+    "bert":    dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=1e-3, warmup=150),
+    "roberta": dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=1e-3, warmup=150),
+    "albert":  dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=1e-3, warmup=150),
+    "electra": dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=5e-4, warmup=150),
 }
 # flags a --resume may change; every other flag must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     p.add_argument("--eval-batches", type=int, default=10, help="held-out batches per evaluation")
-    p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept in OUT/checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl records")
     p.add_argument("--out", help="run directory (default: runs/MODEL)")

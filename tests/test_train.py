@@ -167,3 +167,24 @@ def test_command_line_error_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "train.py", "--model", "gpt"], capture_output=True, text=True,
                        cwd=train.__file__.rsplit("/", 1)[0])
     assert r.returncode == 2 and "bert, roberta, albert, electra" in r.stderr
+
+
+@pytest.mark.parametrize("model, architecture, metric", [
+    ("roberta", "RobertaForMaskedLM", "mlm_acc"),
+    ("albert", "AlbertForPreTraining", "sop_acc"),
+    ("electra", "ElectraForPreTraining", "rtd_acc"),
+])
+def test_every_family_pretrains_with_its_objective(corpus, tmp_path, capsys, model, architecture, metric):
+    out = tmp_path / model
+    train.main(base_args(corpus, out, model=model, **{"--steps": "20", "--eval-every": "20", "--save-every": "20",
+                                                      "--vocab-size": "300"}))
+    logs = [r for r in records(out) if "loss" in r]
+    assert metric in logs[0] and logs[-1]["loss"] < logs[0]["loss"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
+    kind = importlib.import_module(model).TOKENIZER_KIND
+    assert importlib.import_module("tokenizer").load(out).kind == kind
+    printed = capsys.readouterr().out
+    assert "fill-mask" in printed
+    if model == "electra":                       # the generator beside the discriminator, and the display
+        assert json.loads((out / "generator" / "config.json").read_text())["architectures"] == ["ElectraForMaskedLM"]
+        assert "replaced-token detection" in printed
