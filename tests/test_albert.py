@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import albert
+from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 from albert import (AlbertConfig, AlbertForMaskedLM, AlbertForPreTraining, AlbertForSequenceClassification,
                     AlbertModel)
 
@@ -22,17 +23,7 @@ def tiny_config(**kw):
 
 
 def batch(B=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, V, (B, T), generator=g)
-    lengths = torch.tensor([T, T - 7, 5])[:B]
-    attention_mask = torch.arange(T)[None] < lengths[:, None]                    # (B, T) bool
-    input_ids[~attention_mask] = 0
-    token_type_ids = (torch.arange(T)[None] >= (lengths // 2)[:, None]).long() * attention_mask
-    labels = torch.full((B, T), -100)
-    pick = (torch.rand(B, T, generator=g) < 0.3) & attention_mask
-    labels[pick] = input_ids[pick]
-    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                labels=labels, sentence_order_label=torch.tensor([0, 1, 1])[:B])
+    return {**padded_batch(V, T, B=B, seed=seed), "sentence_order_label": torch.tensor([0, 1, 1])[:B]}
 
 
 def test_presets_and_config_errors():
@@ -150,14 +141,7 @@ def test_init():
 @pytest.mark.parametrize("cls", [AlbertForMaskedLM, AlbertForPreTraining])
 def test_sparse_head_equals_dense_head(cls):
     torch.manual_seed(0)
-    model = cls(tiny_config()).eval()
-    b = batch()
-    dense = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits     # (B, T, V)
-    sparse = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], labels=b["labels"])
-    predicted = b["labels"] != -100
-    torch.testing.assert_close(sparse.logits, dense[predicted], atol=1e-5, rtol=1e-5)
-    ref = torch.nn.functional.cross_entropy(dense[predicted], b["labels"][predicted])
-    torch.testing.assert_close(sparse.loss, ref)
+    assert_sparse_head_matches_dense(cls(tiny_config()).eval(), batch())
 
 
 def test_padding_invariance():
@@ -179,16 +163,8 @@ def test_padding_invariance():
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = AlbertForPreTraining(tiny_config(num_hidden_layers=2, num_hidden_groups=1, inner_group_num=1))
-    b = batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    first = None
-    for _ in range(40):
-        out = model(**b)
-        first = first if first is not None else out.loss.item()
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    assert out.loss.item() < 0.1 * first
+    first, out = overfit(model, batch(), steps=40, lr=1e-2)
+    assert out.loss.item() < 0.1 * first.loss.item()
     assert out.metrics["mlm_acc"] == 1.0 and out.metrics["sop_acc"] == 1.0
 
 
@@ -196,18 +172,6 @@ def test_overfits_one_batch():
 
 def hf_config(num_labels=2):
     return transformers.AlbertConfig(**SIZES, num_labels=num_labels)
-
-
-def max_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
-
-
-def perturb(model, seed):
-    """Non-trivial values everywhere (init leaves biases at 0 and LayerNorms at 1), so a swapped name shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def assert_same_outputs(ours, got, ref, m):
@@ -232,7 +196,7 @@ def test_parity_hf_to_ours(tmp_path, hf_cls, ours):
     torch.manual_seed(0)
     num_labels = 3 if ours is AlbertForSequenceClassification else 2
     hf = getattr(transformers, hf_cls)(hf_config(num_labels)).eval()
-    perturb(hf, 0)
+    perturb(hf, 0, std=0.05)
     hf.save_pretrained(tmp_path)
     model = ours.from_pretrained(tmp_path).eval()
     b = batch()
@@ -249,7 +213,7 @@ def test_parity_hf_to_ours(tmp_path, hf_cls, ours):
 def test_parity_ours_to_hf(tmp_path, hf_cls, ours):
     torch.manual_seed(1)
     model = ours(tiny_config(num_labels=3 if ours is AlbertForSequenceClassification else 2)).eval()
-    perturb(model, 1)
+    perturb(model, 1, std=0.05)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [hf_cls]
     hf, info = getattr(transformers, hf_cls).from_pretrained(tmp_path, output_loading_info=True)
@@ -267,7 +231,7 @@ def test_parity_ours_to_hf(tmp_path, hf_cls, ours):
 def test_loads_bare_encoder_into_head_and_pytorch_bin(tmp_path):
     torch.manual_seed(0)
     hf = transformers.AlbertForMaskedLM(hf_config()).eval()
-    perturb(hf, 2)
+    perturb(hf, 2, std=0.05)
     hf.save_pretrained(tmp_path / "st")
     # a pytorch_model.bin written by hand, read with weights_only=True; like the published ones it holds
     # the tied copies predictions.decoder.weight / .bias, which are dropped (they are the embeddings / bias)

@@ -6,6 +6,7 @@ import torch
 
 import bert
 from bert import BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
+from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 
 transformers = pytest.importorskip("transformers")
 
@@ -18,17 +19,7 @@ def tiny_config(**kw):
 
 
 def batch(B=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, V, (B, T), generator=g)
-    lengths = torch.tensor([T, T - 7, 5])[:B]
-    attention_mask = torch.arange(T)[None] < lengths[:, None]                    # (B, T) bool
-    input_ids[~attention_mask] = 0
-    token_type_ids = (torch.arange(T)[None] >= (lengths // 2)[:, None]).long() * attention_mask
-    labels = torch.full((B, T), -100)
-    pick = (torch.rand(B, T, generator=g) < 0.3) & attention_mask
-    labels[pick] = input_ids[pick]
-    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                labels=labels, next_sentence_label=torch.tensor([0, 1, 0])[:B])
+    return {**padded_batch(V, T, B=B, seed=seed), "next_sentence_label": torch.tensor([0, 1, 0])[:B]}
 
 
 def test_presets_and_config_errors():
@@ -62,14 +53,7 @@ def test_shapes():
 
 def test_sparse_head_equals_dense_head():
     torch.manual_seed(0)
-    model = BertForMaskedLM(tiny_config()).eval()
-    b = batch()
-    dense = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits     # (B, T, V)
-    sparse = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], labels=b["labels"])
-    predicted = b["labels"] != -100
-    torch.testing.assert_close(sparse.logits, dense[predicted], atol=1e-5, rtol=1e-5)
-    ref = torch.nn.functional.cross_entropy(dense[predicted], b["labels"][predicted])
-    torch.testing.assert_close(sparse.loss, ref)
+    assert_sparse_head_matches_dense(BertForMaskedLM(tiny_config()).eval(), batch())
 
 
 def test_padding_invariance():
@@ -91,16 +75,8 @@ def test_padding_invariance():
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = BertForPreTraining(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    b = batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        out = model(**b)
-        first = first if first is not None else out.loss.item()
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    assert out.loss.item() < 0.1 * first
+    first, out = overfit(model, batch(), steps=60, lr=3e-3)
+    assert out.loss.item() < 0.1 * first.loss.item()
     assert out.metrics["mlm_acc"] == 1.0 and out.metrics["nsp_acc"] == 1.0
 
 
@@ -109,10 +85,6 @@ def test_overfits_one_batch():
 def hf_config(num_labels=2):
     return transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
-
-
-def max_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
 
 
 @pytest.mark.parametrize("hf_cls, ours", [
@@ -152,9 +124,7 @@ def test_parity_hf_to_ours(tmp_path, hf_cls, ours):
 def test_parity_ours_to_hf(tmp_path, ours, hf_cls):
     torch.manual_seed(1)
     model = ours(tiny_config()).eval()
-    with torch.no_grad():                                      # non-trivial values everywhere
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    perturb(model)                                             # non-trivial values everywhere
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [hf_cls]
     hf = getattr(transformers, hf_cls).from_pretrained(tmp_path).eval()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import electra
+from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 from electra import (Electra, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining,
                      ElectraForSequenceClassification, ElectraModel)
 
@@ -25,29 +26,10 @@ def tiny_config(**kw):
 def batch(B=3, seed=0):
     """A batch as data.py gives it: chosen tokens are [MASK] or left as they are; labels = originals there."""
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, V, (B, T), generator=g)
-    lengths = torch.tensor([T, T - 7, 5])[:B]
-    attention_mask = torch.arange(T)[None] < lengths[:, None]                    # (B, T) bool
-    input_ids[~attention_mask] = 0
-    token_type_ids = (torch.arange(T)[None] >= (lengths // 2)[:, None]).long() * attention_mask
-    labels = torch.full((B, T), -100)
-    pick = (torch.rand(B, T, generator=g) < 0.3) & attention_mask
-    labels[pick] = input_ids[pick]
-    input_ids[pick & (torch.rand(B, T, generator=g) < 0.85)] = MASK
-    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, labels=labels)
-
-
-def perturb(model, seed=1):
-    """Non-trivial values everywhere (biases and LayerNorms are 0 and 1 at init)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model
-
-
-def max_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
+    b = padded_batch(V, T, B=B, generator=g)
+    chosen = b["labels"] != -100
+    b["input_ids"][chosen & (torch.rand(B, T, generator=g) < 0.85)] = MASK
+    return b
 
 
 def test_presets_and_config():
@@ -103,13 +85,7 @@ def test_shapes():
 
 def test_sparse_head_equals_dense_head():
     torch.manual_seed(0)
-    model = ElectraForMaskedLM(tiny_config()).eval()
-    b = batch()
-    dense = model(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits     # (B, T, V)
-    sparse = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], labels=b["labels"])
-    predicted = b["labels"] != -100
-    torch.testing.assert_close(sparse.logits, dense[predicted], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sparse.loss, F.cross_entropy(dense[predicted], b["labels"][predicted]))
+    assert_sparse_head_matches_dense(ElectraForMaskedLM(tiny_config()).eval(), batch())
 
 
 def test_padding_invariance():
@@ -138,15 +114,7 @@ def test_overfits_one_batch():
     discriminator learns to say so: the joint loss (MLM + 50 x RTD) falls from ~39 to ~1-5."""
     torch.manual_seed(0)
     model = Electra(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    b = batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    first = None
-    for _ in range(100):
-        out = model(**b)
-        first = first if first is not None else out
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
+    first, out = overfit(model, batch(), steps=100, lr=1e-2)
     assert out.loss.item() < 0.2 * first.loss.item()
     assert out.metrics["mlm_loss"] < 0.05 * first.metrics["mlm_loss"] and out.metrics["mlm_acc"] == 1.0
     assert out.metrics["rtd_loss"] < 0.2 * first.metrics["rtd_loss"] and out.metrics["rtd_acc"] > 0.95

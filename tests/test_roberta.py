@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import roberta
+from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 from roberta import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaModel
 
 transformers = pytest.importorskip("transformers")
@@ -19,28 +20,7 @@ def tiny_config(**kw):
 
 def batch(B=3, seed=0):
     """Right-padded rows of real tokens (ids >= 3) and pad id 1, as a RoBERTa tokenizer makes them."""
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, V, (B, T), generator=g)
-    lengths = torch.tensor([T, T - 7, 5])[:B]
-    attention_mask = torch.arange(T)[None] < lengths[:, None]                    # (B, T) bool
-    input_ids[~attention_mask] = PAD
-    labels = torch.full((B, T), -100)
-    pick = (torch.rand(B, T, generator=g) < 0.3) & attention_mask
-    labels[pick] = input_ids[pick]
-    return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-
-
-def perturb(model, seed=1):
-    """Non-trivial values everywhere (biases, LayerNorms, the padding rows), as after training."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model
-
-
-def max_diff(a, b):
-    return (a.float() - b.float()).abs().max().item()
+    return padded_batch(V, T, pad_id=PAD, lowest_id=3, B=B, seed=seed, segments=False)
 
 
 def test_presets_and_config():
@@ -88,14 +68,7 @@ def test_shapes():
 
 def test_sparse_head_equals_dense_head():
     torch.manual_seed(0)
-    model = perturb(RobertaForMaskedLM(tiny_config())).eval()
-    b = batch()
-    dense = model(b["input_ids"], b["attention_mask"]).logits                     # (B, T, V)
-    sparse = model(**b)
-    predicted = b["labels"] != -100
-    torch.testing.assert_close(sparse.logits, dense[predicted], atol=1e-5, rtol=1e-5)
-    ref = torch.nn.functional.cross_entropy(dense[predicted], b["labels"][predicted])
-    torch.testing.assert_close(sparse.loss, ref)
+    assert_sparse_head_matches_dense(perturb(RobertaForMaskedLM(tiny_config())).eval(), batch())
 
 
 def test_position_ids():
@@ -133,16 +106,8 @@ def test_padding_invariance():
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = RobertaForMaskedLM(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    b = batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        out = model(**b)
-        first = first if first is not None else out.loss.item()
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    assert out.loss.item() < 0.1 * first
+    first, out = overfit(model, batch(), steps=60, lr=3e-3)
+    assert out.loss.item() < 0.1 * first.loss.item()
     assert out.metrics["mlm_acc"] == 1.0
 
 
