@@ -272,9 +272,13 @@ def tokenizer_identity(tok):
     return hashlib.sha256(tok.backend.to_str().encode()).hexdigest()
 
 
+def files_fingerprint(files):
+    """(resolved path, size, mtime) of each file: what every cache built from a corpus is keyed by."""
+    return [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+
+
 def cache_key(files, tok, val_fraction, seed):
-    stats = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-    blob = json.dumps([FORMAT_VERSION, stats, tokenizer_identity(tok), val_fraction, seed])
+    blob = json.dumps([FORMAT_VERSION, files_fingerprint(files), tokenizer_identity(tok), val_fraction, seed])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -38,6 +38,7 @@ _CANDIDATES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[C
 _MODEL_KIND = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}
 HF_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "AlbertTokenizerFast"}
 MODEL_MAX_LENGTH = 512
+FILES = ("tokenizer.json", "vocab.txt")  # what `load` looks for in a directory, in this order
 
 
 def _check_kind(kind):
@@ -153,7 +154,7 @@ def load(path):
                                 f"vocab.txt, or one of those files")
     file = path
     if path.is_dir():
-        file = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).is_file()), None)
+        file = next((path / n for n in FILES if (path / n).is_file()), None)
         if file is None:
             raise FileNotFoundError(f"{path} is a directory without tokenizer.json or vocab.txt: found no tokenizer")
     config = _read_config(file.parent)

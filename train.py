@@ -150,14 +150,6 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def corpus_key(files):
-    h = hashlib.sha1()
-    for f in files:
-        st = Path(f).stat()
-        h.update(f"{Path(f).resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:12]
-
-
 def get_tokenizer(args, family, files):
     """--tokenizer, else --init-from's, else one trained on the corpus (cached by corpus and kind)."""
     source = args.tokenizer or (args.init_from if args.init_from and _has_tokenizer(args.init_from) else None)
@@ -167,7 +159,8 @@ def get_tokenizer(args, family, files):
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"cannot load the tokenizer {source}: {e}") from None
     kind = family.TOKENIZER_KIND
-    cached = data.CACHE_DIR / "tokenizers" / f"{kind}-{args.vocab_size}-{corpus_key(files)}"
+    corpus = hashlib.sha1(json.dumps(data.files_fingerprint(files)).encode()).hexdigest()[:12]
+    cached = data.CACHE_DIR / "tokenizers" / f"{kind}-{args.vocab_size}-{corpus}"
     if (cached / "tokenizer.json").exists():
         return tokenizers_lib.load(cached)
     print(f"training a {kind} tokenizer ({args.vocab_size} tokens) on {len(files)} file(s) ...", flush=True)
@@ -177,7 +170,7 @@ def get_tokenizer(args, family, files):
 
 
 def _has_tokenizer(path):
-    return any((Path(path) / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+    return any((Path(path) / f).is_file() for f in tokenizers_lib.FILES)
 
 
 # ----------------------------------------------------------------------------- optimizer and schedule
@@ -326,7 +319,8 @@ def show_replaced_tokens(electra, tok, batches, device, n, width=48):
             o, c = int(r["original"][row, i]), int(r["corrupted"][row, i])
             if o in tok.special_ids:
                 continue
-            p, flagged = float(r["p_replaced"][row, i]), float(r["p_replaced"][row, i]) > 0.5
+            p = float(r["p_replaced"][row, i])
+            flagged = p > 0.5
             text = tok.id_to_token(o)
             if bool(r["is_replaced"][row, i]):
                 replaced += 1
