@@ -5,7 +5,9 @@
    never imported) and the `pydoc_data` language-reference topics -- text that ships with Python, so
    nothing is downloaded. On CPython 3.11 that is about 1,600 documents, 25,000 sentences, 2.0 MB,
    built in ~3 s on first use and cached under CACHE_DIR/corpus/.
-2. Documents and sentences. The text format (`read_documents`): UTF-8; documents are separated by one or
+2. Documents and sentences. The text format (`read_documents`): UTF-8, or the `encoding` given, with
+   `errors` = strict (an undecodable byte is an error naming the file and offset), replace (it reads as
+   U+FFFD) or ignore (it is dropped); a NUL byte means a binary file. Documents are separated by one or
    more blank lines; within a document every non-empty line is split into sentences by SENTENCE_END (after
    . ! or ?, optional closing quotes/brackets, whitespace, then an optional opening quote/bracket and a
    capital letter or digit). A line break always ends a sentence; a file without blank lines is one document.
@@ -13,7 +15,8 @@
    split: `tokens` (uint16 for vocabularies up to 65,536, else uint32; memory-mapped on reload),
    `sent_offsets` (token offsets of sentence starts, n_sent + 1) and `doc_offsets` (sentence offsets of
    document starts, n_doc + 1). Whole documents go to train or held-out. The cache folder is keyed by the
-   files (path, size, mtime), the tokenizer's identity, the split and FORMAT_VERSION.
+   files (path, size, mtime, and their decoding when it is not UTF-8/strict), the tokenizer's identity, the
+   split and FORMAT_VERSION.
 4. Examples (`PretrainingBatches`). Documents are cut once (seeded) into regions of whole sentences, BERT
    style (a sentence longer than a row is split; `short_seq_prob` of regions get a shorter random target).
    mlm/rtd: one region per row. mlm+nsp: a region cut at a random sentence boundary (at a random token if it
@@ -24,8 +27,10 @@
 5. Masking (`Masker`): BERT's dynamic masking, redrawn at every step.
 6. Batches. `get_batch(step)` is a pure function of (seed, step, rank): row i of step s on rank r is
    example perm_e[p % N] with p = (s * world_size + r) * batch_size + i, N examples, e = p // N and perm_e
-   a permutation seeded by (seed, e). So training walks the corpus epoch by epoch, ranks never share an
-   example, and resuming at step s needs nothing but s. `iterate` prefetches batches in a thread.
+   a permutation seeded by (seed, e); the sentence pairing and the masks are seeded by (seed, s * world_size
+   + r). So training walks the corpus epoch by epoch, ranks never share an example, rank r's step s is
+   exactly one process's step s * world_size + r (W ranks = W accumulated micro-batches), and resuming at
+   step s needs nothing but s. `iterate` prefetches batches in a thread.
 """
 import ast
 import codecs
@@ -49,7 +54,7 @@ import numpy as np
 import torch
 
 CACHE_DIR = Path(os.environ.get("BERT_CACHE", Path(__file__).resolve().parent / ".cache"))
-FORMAT_VERSION = 1  # bump when the cache layout or the corpus builder changes
+FORMAT_VERSION = 2  # bump when the cache layout, the corpus builder or the tokenization of corpus text changes
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "rtd")
 SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)"
                           r"\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -140,30 +145,54 @@ def default_corpus(cache_dir=CACHE_DIR):
     return [path]
 
 
-def _check_text_file(path, chunk_size=1 << 24):
-    """True if the file holds non-whitespace text; DataError naming the byte offset if it is binary or not UTF-8."""
-    decoder, offset, has_text = codecs.getincrementaldecoder("utf-8")(), 0, False
+ENCODING_ERRORS = ("strict", "replace", "ignore")
+
+
+def _decoding(encoding, errors):
+    """(codec name, errors) checked: a DataError for an unknown encoding or errors mode."""
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise DataError(f"unknown text encoding {encoding!r}: use a Python codec name such as utf-8, latin-1, "
+                        f"cp1252 or utf-16") from None
+    if errors not in ENCODING_ERRORS:
+        raise DataError(f"encoding errors={errors!r}: expected one of {', '.join(ENCODING_ERRORS)}")
+    return name, errors
+
+
+def _check_text_file(path, encoding="utf-8", errors="strict", chunk_size=1 << 24):
+    """True if the file holds non-whitespace text; DataError naming the byte offset if it is binary (a NUL byte,
+    checked in encodings where NUL is one byte) or does not decode."""
+    encoding, errors = _decoding(encoding, errors)
+    decoder, offset, has_text = codecs.getincrementaldecoder(encoding)(errors), 0, False
+    nul_is_a_byte = codecs.decode(b"\0", encoding, "replace") == "\0"  # not in UTF-16/32
     with open(path, "rb") as f:
         while True:
             chunk = f.read(chunk_size)
-            nul = chunk.find(b"\0")
+            nul = chunk.find(b"\0") if nul_is_a_byte else -1
             if nul >= 0:
                 raise DataError(f"{path}: a binary file, not text (NUL byte at byte offset {offset + nul}); "
-                                f"--data takes UTF-8 text files")
+                                f"--data takes text files")
             pending = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 (invalid byte 0x{e.object[e.start]:02x} at byte offset "
-                                f"{offset - pending + e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+                raise DataError(f"{path}: not {encoding} (invalid byte 0x{e.object[e.start]:02x} at byte offset "
+                                f"{offset - pending + e.start}); name its encoding (e.g. --encoding latin-1), read "
+                                f"bad bytes as U+FFFD (--encoding-errors replace), or convert it "
+                                f"(iconv -f latin1 -t utf-8)") from None
             has_text = has_text or bool(text.strip())
             offset += len(chunk)
             if not chunk:
                 return has_text
 
 
-def resolve_data(specs, cache_dir=CACHE_DIR):
-    """--data specs (files, folders searched for *.txt, globs) -> checked, de-duplicated list of files."""
+def resolve_data(specs, cache_dir=CACHE_DIR, encoding="utf-8", errors="strict"):
+    """--data specs (files, folders searched for *.txt, globs) -> checked, de-duplicated list of files, each
+    decoded with `encoding` and `errors` (strict | replace | ignore) as read_documents will read it."""
+    if _decoding(encoding, errors) != ("utf-8", "strict") and not specs:
+        raise DataError(f"encoding={encoding!r}, errors={errors!r} are for --data files; the built-in corpus is "
+                        f"UTF-8: leave them at their defaults without --data")
     if not specs:
         return default_corpus(cache_dir)
     files = []
@@ -185,7 +214,7 @@ def resolve_data(specs, cache_dir=CACHE_DIR):
                                 f"pass a .txt file, a folder of .txt files or a quoted glob like 'data/*.txt'")
         files += found
     files = list(dict.fromkeys(f.resolve() for f in files))
-    if not any([_check_text_file(f) for f in files]):  # a list: check every file, not just up to the first text
+    if not any([_check_text_file(f, encoding, errors) for f in files]):  # a list: check every file
         raise DataError(f"the corpus is empty: {', '.join(map(str, files[:5]))}{' ...' if len(files) > 5 else ''} "
                         f"hold no text; put documents in them, separated by blank lines")
     return files
@@ -197,17 +226,22 @@ def split_sentences(line):
     return [s for s in (s.strip() for s in SENTENCE_END.split(line)) if s]
 
 
-def read_documents(files):
+def read_documents(files, encoding="utf-8", errors="strict"):
     """Yield each document as a list of sentences (format: see the module docstring, step 2)."""
+    encoding, errors = _decoding(encoding, errors)
     for file in files:
         doc = []
-        with open(file, encoding="utf-8-sig") as f:
-            for line in f:
-                if line.strip():
-                    doc += split_sentences(line)
-                elif doc:
-                    yield doc
-                    doc = []
+        with open(file, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors) as f:
+            try:
+                for line in f:
+                    if line.strip():
+                        doc += split_sentences(line)
+                    elif doc:
+                        yield doc
+                        doc = []
+            except UnicodeDecodeError:
+                _check_text_file(file, encoding, errors)  # raises the DataError that names the byte offset
+                raise
         if doc:
             yield doc
 
@@ -272,23 +306,29 @@ def tokenizer_identity(tok):
     return hashlib.sha256(tok.backend.to_str().encode()).hexdigest()
 
 
-def files_fingerprint(files):
-    """(resolved path, size, mtime) of each file: what every cache built from a corpus is keyed by."""
-    return [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+def files_fingerprint(files, encoding="utf-8", errors="strict"):
+    """(resolved path, size, mtime) of each file, and how they are decoded when that is not UTF-8/strict (so
+    the keys of UTF-8 caches stay as they were): what every cache built from a corpus is keyed by."""
+    fingerprint = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    decoding = _decoding(encoding, errors)
+    return fingerprint if decoding == ("utf-8", "strict") else fingerprint + [decoding]
 
 
-def cache_key(files, tok, val_fraction, seed):
-    blob = json.dumps([FORMAT_VERSION, files_fingerprint(files), tokenizer_identity(tok), val_fraction, seed])
+def cache_key(files, tok, val_fraction, seed, encoding="utf-8", errors="strict"):
+    blob = json.dumps([FORMAT_VERSION, files_fingerprint(files, encoding, errors), tokenizer_identity(tok),
+                       val_fraction, seed])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def build_cache(files, tok, cache_dir=CACHE_DIR, val_fraction=0.05, seed=0, chunk_sentences=20000):
-    """Tokenize `files` once into CACHE_DIR/tokens/<key>/{train,val}; reuse that folder when it exists.
+def build_cache(files, tok, cache_dir=CACHE_DIR, val_fraction=0.05, seed=0, chunk_sentences=20000,
+                encoding="utf-8", errors="strict"):
+    """Tokenize `files` (read with `encoding`, `errors`: see read_documents) once into
+    CACHE_DIR/tokens/<key>/{train,val}; reuse that folder when it exists.
     Returns (train, val) TokenCorpus. The held-out split is round(val_fraction * n_docs) whole documents chosen
     by `seed`; when val_fraction > 0 at least 1 of 2-3 documents and at least 2 of 4 or more (leaving as many)."""
-    folder = Path(cache_dir) / "tokens" / cache_key(files, tok, val_fraction, seed)
+    folder = Path(cache_dir) / "tokens" / cache_key(files, tok, val_fraction, seed, encoding, errors)
     if not (folder / "train" / "meta.json").is_file():
-        n_docs = sum(1 for _ in read_documents(files))
+        n_docs = sum(1 for _ in read_documents(files, encoding, errors))
         if n_docs == 0:
             raise DataError(f"the corpus is empty: {[str(f) for f in files][:5]} hold no documents")
         floor = 1 if n_docs < 4 else 2  # 2 held-out documents let mlm+nsp draw NotNext pairs there too
@@ -309,7 +349,7 @@ def build_cache(files, tok, cache_dir=CACHE_DIR, val_fraction=0.05, seed=0, chun
                 docs.clear()
 
             pending = 0
-            for index, doc in enumerate(read_documents(files)):
+            for index, doc in enumerate(read_documents(files, encoding, errors)):
                 docs.append((index, doc))
                 pending += len(doc)
                 if pending >= chunk_sentences:
@@ -502,7 +542,8 @@ class PretrainingBatches:
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
         ex = self.example_ids(step)
-        rng = np.random.default_rng(_seed(self.seed, step, self.rank, 1))
+        g = step * self.world_size + self.rank   # the global batch index: rank r's step s is 1 process's s*W + r
+        rng = np.random.default_rng(_seed(self.seed, g, 0, 1))
         extra = {}
         if self.packed:
             ids, types, lengths = self._packed_rows(ex)
@@ -527,7 +568,7 @@ class PretrainingBatches:
                 extra[name] = torch.from_numpy(labels)
         input_ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         attention_mask = torch.arange(input_ids.shape[1]) < torch.from_numpy(lengths)[:, None]
-        masked, mlm_labels = self.masker(input_ids, torch.Generator().manual_seed(_seed(self.seed, step, self.rank, 2)))
+        masked, mlm_labels = self.masker(input_ids, torch.Generator().manual_seed(_seed(self.seed, g, 0, 2)))
         return {"input_ids": masked, "attention_mask": attention_mask,
                 "token_type_ids": torch.from_numpy(np.ascontiguousarray(types, dtype=np.int64)),
                 "labels": mlm_labels, **extra}

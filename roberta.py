@@ -27,6 +27,8 @@ markers, checked by tests/test_copies.py. This file depends only on torch, safet
 """
 import json
 import os
+import pickle
+import re
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -89,14 +91,25 @@ class RobertaConfig:
     # Copied from bert.BertConfig.from_dict
     @classmethod
     def from_dict(cls, d):
-        """Build from a config.json dict, ignoring the keys this file does not use."""
+        """Build from a config.json dict, ignoring the keys this file does not use. Another family's
+        model_type is refused; the sizes that shape the weights are required (a default would build
+        another model); every value must have its field's type."""
         if d.get("model_type", cls.model_type) != cls.model_type:
-            raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
+            raise ValueError(f"it is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
                              f"load it with the {d.get('model_type')}.py file instead")
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        if any(k not in d for k in sizes):
+            raise ValueError(f"it lacks {', '.join(k for k in sizes if k not in d)} (the sizes of the weights)")
+        types = {f.name: f.type for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
+        allowed = {int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
+                 if isinstance(v, bool) or not isinstance(v, allowed.get(types[k], object))]
+        wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
+        if wrong:
+            raise ValueError("; ".join(wrong))
         return cls(**kw)
 
     # Copied from bert.BertConfig.to_dict
@@ -319,21 +332,58 @@ def _atomic_write(path, write):
             os.unlink(tmp)
 
 
+# Copied from bert.CheckpointError
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded, or is refused: the message names the file and the problem."""
+
+
+# Copied from bert._load_weights
+def _load_weights(file):
+    """{name: tensor} from one weights file. A pickle goes through torch.load(weights_only=True), whose
+    unpickler builds tensors and plain containers only: a file that would call anything else is refused."""
+    from safetensors.torch import load_file
+    try:
+        if file.suffix == ".safetensors":
+            state = load_file(file)
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        call = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if call:
+            raise CheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where a "
+                                  "weights file holds only tensors. Do not load it unless you trust its source "
+                                  "(then convert it to model.safetensors)") from None
+        reason = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split("\n")[0])
+        if isinstance(e, pickle.UnpicklingError):
+            raise CheckpointError(f"{file} is refused: it is not plain tensors that torch.load(weights_only=True) "
+                                  f"can read ({reason.strip()}); it may be corrupt, or hold objects whose "
+                                  "unpickling could run code") from None
+        raise CheckpointError(f"{file} is corrupt or truncated ({type(e).__name__}: {reason[:200]}); "
+                              "save or download it again") from None
+    if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
+        raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict of named tensors")
+    return state
+
+
 # Copied from bert._read_state_dict
 def _read_state_dict(path):
     """Weights of an HF checkpoint directory: model.safetensors (or its shards), else pytorch_model.bin."""
-    from safetensors.torch import load_file
     path = Path(path)
-    for index_name, single, load in (
-        ("model.safetensors.index.json", "model.safetensors", load_file),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin",
-         lambda f: torch.load(f, map_location="cpu", weights_only=True)),
-    ):
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         if (path / single).exists():
-            return load(path / single)
+            return _load_weights(path / single)
         if (path / index_name).exists():
-            shards = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
-            return {k: v for shard in shards for k, v in load(path / shard).items()}
+            try:
+                index = json.loads((path / index_name).read_text(encoding="utf-8"))
+                shards = sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{path / index_name} is not a shard index with a weight_map "
+                                      f"({type(e).__name__}: {e})") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{path / index_name} names shards that are not there: {missing}")
+            return {k: v for shard in shards for k, v in _load_weights(path / shard).items()}
     raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
 
 
@@ -385,18 +435,31 @@ class RobertaPreTrainedModel(nn.Module):
         model and vice versa. Missing or unexpected weights are an error that lists them;
         strict=False loads what matches (use it to drop or add heads). A task head that the
         checkpoint lacks (the classifier) is initialised fresh, and said once.
+
+        Another family's checkpoint (config.json's model_type) is refused, strict=False included:
+        the families differ in more than their weights' names (RoBERTa offsets its positions,
+        ALBERT shares layers, ELECTRA projects its embeddings), so a partial load would compute
+        something else without a word. A file that cannot be read (not JSON, truncated, corrupt,
+        missing sizes, wrong types or shapes) raises CheckpointError, a ValueError that names it;
+        a pickle is read only by torch.load(weights_only=True), and one that would run code is refused.
         """
-        path = Path(path)
-        if not (path / "config.json").is_file():
+        path, file = Path(path), Path(path) / "config.json"
+        if not file.is_file():
             raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no config.json")
         try:
-            config_dict = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
-        config = cls.config_class.from_dict({**config_dict, **config_overrides})
+            config_dict = json.loads(file.read_text(encoding="utf-8"))
+        except ValueError as e:                                              # not JSON, or not UTF-8
+            raise CheckpointError(f"{file} is not valid JSON ({e})") from None
+        if not isinstance(config_dict, dict):
+            raise CheckpointError(f"{file} holds a JSON {type(config_dict).__name__}, not an object of settings")
+        try:
+            config = cls.config_class.from_dict({**config_dict, **config_overrides})
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{file} cannot be loaded into {cls.__name__}: {e}") from None
+        weights = _read_state_dict(path)                                     # all read, or an error
         model = cls(config)
         state = {}
-        for k, v in _read_state_dict(path).items():
+        for k, v in weights.items():
             k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
             if k.endswith("lm_head.decoder.bias"):                       # old checkpoints: the tied bias
                 k = k.replace("decoder.bias", "bias")
@@ -419,14 +482,14 @@ class RobertaPreTrainedModel(nn.Module):
         fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
         missing = [k for k in missing if k not in fresh]
         if strict and (missing or unexpected):
-            raise ValueError(f"checkpoint {path} does not match {cls.__name__}:\n"
-                             f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
-                             "Pass strict=False to load the weights that match.")
+            raise CheckpointError(f"checkpoint {path} does not match {cls.__name__}:\n"
+                                  f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
+                                  "Pass strict=False to load the weights that match.")
         wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in state.items() if k in own and v.shape != own[k].shape]
         if wrong:
-            raise ValueError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
-                             "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
+            raise CheckpointError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
+                                  "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         if fresh or (not strict and missing):
             print(f"{cls.__name__}: initialised fresh (not in {path}): "

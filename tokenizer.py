@@ -16,9 +16,11 @@ that a saved tokenizer reads back through `AutoTokenizer` and gives the same ids
 `train(texts_or_files, kind)` trains one, `load(path)` reads ours or a Hugging Face checkpoint
 (tokenizer.json, or a bare BERT vocab.txt), `Tokenizer.save(dir)` writes the HF layout.
 """
+import codecs
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -39,6 +41,12 @@ _MODEL_KIND = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}
 HF_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "AlbertTokenizerFast"}
 MODEL_MAX_LENGTH = 512
 FILES = ("tokenizer.json", "vocab.txt")  # what `load` looks for in a directory, in this order
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text):
+    """A Python str may hold lone surrogates, which UTF-8 (and so the Rust library) cannot: each becomes U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _check_kind(kind):
@@ -87,8 +95,19 @@ def _training_input(texts_or_files):
     return "texts", items
 
 
-def train(texts_or_files, kind="wordpiece", vocab_size=8192, min_frequency=2, lowercase=None, show_progress=False):
+def _lines(files, encoding, errors):
+    """The lines of text files decoded by Python (the library reads UTF-8 only), line endings kept as it does."""
+    for file in files:
+        with open(file, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors=errors, newline="") as f:
+            yield from f
+
+
+def train(texts_or_files, kind="wordpiece", vocab_size=8192, min_frequency=2, lowercase=None, show_progress=False,
+          encoding="utf-8", errors="strict"):
     """Train a `kind` tokenizer on an iterable of texts or a list of text files (one sentence or document a line).
+
+    Files are read as UTF-8 by the library; with another `encoding`, or `errors` "replace" / "ignore" for
+    undecodable bytes (as `data.read_documents`), Python decodes them.
 
     lowercase=None means the family's default: True for wordpiece (bert-base-uncased) and unigram
     (albert-base-v2), False for bpe (roberta-base). The Unigram trainer has no min_frequency.
@@ -113,10 +132,23 @@ def train(texts_or_files, kind="wordpiece", vocab_size=8192, min_frequency=2, lo
     backend = Backend(model)
     backend.normalizer, backend.pre_tokenizer, backend.decoder = _pipeline(kind, lowercase)
     source, data = _training_input(texts_or_files)
-    if source == "files":
-        backend.train(data, trainer)
+    try:
+        encoding = codecs.lookup(encoding).name
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r}") from None
+    if errors not in ("strict", "replace", "ignore"):
+        raise ValueError(f"errors={errors!r}: expected strict, replace or ignore")
+    if source == "files" and (encoding, errors) == ("utf-8", "strict"):
+        try:
+            backend.train(data, trainer)
+        except Exception as e:  # the library's own error type
+            if "UTF-8" not in str(e):
+                raise
+            raise ValueError(f"the training files are not all UTF-8 ({e}): {data[:5]}; pass their encoding, or "
+                             f"errors='replace' (data.resolve_data names the file and byte offset)") from None
     else:
-        backend.train_from_iterator(data, trainer)
+        lines = _lines(data, encoding, errors) if source == "files" else data
+        backend.train_from_iterator((_utf8(t) for t in lines), trainer)
     # one JSON round trip, so the trained tokenizer equals the one load() gives back byte for byte (the Unigram
     # scores are floats that print to fewer digits than they hold)
     return Tokenizer(Backend.from_str(backend.to_str()), kind)
@@ -125,9 +157,15 @@ def train(texts_or_files, kind="wordpiece", vocab_size=8192, min_frequency=2, lo
 def _read_config(directory):
     """Special tokens and settings from tokenizer_config.json, overridden by special_tokens_map.json."""
     config = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        if (directory / name).is_file():
-            config.update(json.loads((directory / name).read_text(encoding="utf-8")))
+    for file in (directory / "tokenizer_config.json", directory / "special_tokens_map.json"):
+        if file.is_file():
+            try:
+                settings = json.loads(file.read_text(encoding="utf-8"))
+            except ValueError as e:  # not JSON, or not UTF-8
+                raise ValueError(f"{file} is not valid JSON ({e})") from None
+            if not isinstance(settings, dict):
+                raise ValueError(f"{file} holds a JSON {type(settings).__name__}, not an object of settings")
+            config.update(settings)
     for key, value in config.items():  # {"content": "[CLS]", "lstrip": ...} -> "[CLS]"
         if key.endswith("_token") and isinstance(value, dict):
             config[key] = value.get("content")
@@ -158,7 +196,10 @@ def load(path):
         if file is None:
             raise FileNotFoundError(f"{path} is a directory without tokenizer.json or vocab.txt: found no tokenizer")
     config = _read_config(file.parent)
-    backend = _bert_from_vocab(file, config) if file.suffix == ".txt" else Backend.from_file(str(file))
+    try:
+        backend = _bert_from_vocab(file, config) if file.suffix == ".txt" else Backend.from_file(str(file))
+    except Exception as e:  # the library's own error type: a truncated, corrupt or hand-edited file
+        raise ValueError(f"{file} is not a tokenizer the tokenizers library can read ({e})") from None
     max_len = config.get("model_max_length") or MODEL_MAX_LENGTH  # HF writes 1e30 for "no limit"
     tokens = {role: config[f"{role}_token"] for role in _CANDIDATES if config.get(f"{role}_token")}
     return Tokenizer(backend, tokens=tokens, model_max_length=max_len if max_len < 1e9 else MODEL_MAX_LENGTH)
@@ -202,8 +243,8 @@ class Tokenizer:
         if backend.post_processor is None:
             backend.post_processor = _post_processor(self.kind, self.cls_token, self.sep_token,
                                                      self.cls_id, self.sep_id)
-        self._check_template()
         self.special_ids = sorted(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
+        self._check_template()
 
     def _check_template(self):
         """The backend's post-processor must agree with `with_special_tokens`, which the data pipeline uses."""
@@ -229,7 +270,8 @@ class Tokenizer:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, lowercase={self.lowercase})"
 
     def encode(self, text, pair=None, add_special_tokens=True):
-        return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
+        pair = None if pair is None else _utf8(pair)
+        return self.backend.encode(_utf8(text), pair, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts, pairs=None, add_special_tokens=True, max_length=None, padding=False,
                      return_tensors=None):
@@ -242,9 +284,9 @@ class Tokenizer:
             raise ValueError(f"padding must be False, True, 'longest' or 'max_length', got {padding!r}")
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length")
-        texts = list(texts)
+        texts = [_utf8(t) for t in texts]
         if pairs is not None:
-            pairs = list(pairs)
+            pairs = [_utf8(t) for t in pairs]
             if len(pairs) != len(texts):
                 raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
             texts = list(zip(texts, pairs))
@@ -267,8 +309,18 @@ class Tokenizer:
         return batch
 
     def tokenize_batch(self, texts):
-        """Ids without special tokens for many texts at once (no offsets kept: the fast path)."""
-        return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        """Ids of corpus text, many texts at once (no offsets kept: the fast path). A special token's spelling in
+        the text ("[SEP]", "<s>") is read as the characters it is, never as that token, which would put a
+        separator or a mask inside a document; a vocabulary piece that spells one (Unigram keeps them among
+        its pieces) becomes the unknown token. Switches the backend for the call: don't share it across threads."""
+        before, self.backend.encode_special_tokens = self.backend.encode_special_tokens, True
+        try:
+            encodings = self.backend.encode_batch_fast([_utf8(t) for t in texts], add_special_tokens=False)
+        finally:
+            self.backend.encode_special_tokens = before
+        reserved = set(self.special_ids) - {self.unk_id}
+        return [e.ids if reserved.isdisjoint(e.ids) else [self.unk_id if i in reserved else i for i in e.ids]
+                for e in encodings]
 
     def with_special_tokens(self, ids_a, ids_b=None):
         """(input_ids, token_type_ids) for already-tokenized segments, the same template as `encode`."""

@@ -16,6 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")           # nothing is downloaded d
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# CI (the CI variable set): the property-based tests draw the same examples on every run, so a red
+# build is reproducible; on a developer's machine they explore new ones each time.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
