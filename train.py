@@ -23,8 +23,11 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -47,11 +50,20 @@ RECIPES = {
 }
 # flags a --resume may change; every other flag must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
-                     "compile", "keep", "resume", "out", "show"}
+                     "compile", "keep", "resume", "out", "show", "max_bad_steps"}
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, no traceback."""
+
+
+class TrainingStopped(Exception):
+    """The run stopped before --steps: a signal (checkpoint saved) or too many non-finite steps.
+    `exit_code` is what the command line exits with (128 + signal number for a signal)."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -65,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, e.g. --set hidden_dropout_prob=0.0 (repeatable)")
     p.add_argument("--data", nargs="+", help="text files, folders or globs of .txt (default: Python's own docs)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the --data files, e.g. latin-1, cp1252")
+    p.add_argument("--encoding-errors", choices=data.ENCODING_ERRORS, default="strict",
+                   help="bytes that do not decode: stop with an error (strict), read as U+FFFD (replace), or drop them")
     p.add_argument("--tokenizer", help="a saved tokenizer or a Hugging Face checkpoint dir (default: train one)")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of a tokenizer trained here")
     p.add_argument("--steps", type=int, help="optimizer steps")
@@ -90,6 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument("--show", type=int, default=4, help="held-out examples shown at the end")
+    p.add_argument("--max-bad-steps", type=int, default=10,
+                   help="consecutive steps with a non-finite loss or gradient (each one skipped) before the run stops")
     args = p.parse_args(argv)
     args.given = {a for a in vars(args) if any(s.startswith("--" + a.replace("_", "-")) for s in (argv or sys.argv[1:]))}
     if args.model not in FAMILIES:
@@ -98,7 +115,8 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.out = args.out or f"runs/{args.model}"
-    for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every", "log_every", "keep"):
+    for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every", "log_every", "keep",
+                 "max_bad_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -127,6 +145,59 @@ def pick_device(name):
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def setup_distributed(args):
+    """(rank, world_size, device) under torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK), else (0, 1, device).
+    GPUs talk over NCCL, one GPU per process; CPU processes over gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(args.device)
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UsageError(f"torchrun on {device.type} is not supported: use CUDA GPUs or --device cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def all_reduce_(tensor, world, op="max"):
+    """In place across the processes of a torchrun job (a no-op in a single process)."""
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
+class StopSignals:
+    """SIGTERM (what a cluster sends before preempting) and SIGINT (Ctrl-C) ask the loop to stop after the
+    current step and save a checkpoint; a second signal stops at once (the last checkpoint stays intact)."""
+
+    def __init__(self, say):
+        self.received, self._old, self._say = None, {}, say
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:                               # the second one: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.received = signum
+        self._say(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of the step and "
+                  "stopping (send it again to stop at once)")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def seed_everything(seed):
@@ -159,12 +230,14 @@ def get_tokenizer(args, family, files):
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"cannot load the tokenizer {source}: {e}") from None
     kind = family.TOKENIZER_KIND
-    corpus = hashlib.sha1(json.dumps(data.files_fingerprint(files)).encode()).hexdigest()[:12]
+    fingerprint = data.files_fingerprint(files, encoding=args.encoding, errors=args.encoding_errors)
+    corpus = hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12]
     cached = data.CACHE_DIR / "tokenizers" / f"{kind}-{args.vocab_size}-{corpus}"
     if (cached / "tokenizer.json").exists():
         return tokenizers_lib.load(cached)
     print(f"training a {kind} tokenizer ({args.vocab_size} tokens) on {len(files)} file(s) ...", flush=True)
-    tok = tokenizers_lib.train([str(f) for f in files], kind=kind, vocab_size=args.vocab_size)
+    tok = tokenizers_lib.train([str(f) for f in files], kind=kind, vocab_size=args.vocab_size,
+                               encoding=args.encoding, errors=args.encoding_errors)
     tok.save(cached)
     return tok
 
@@ -192,8 +265,13 @@ def lr_factor(step, args):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args):
-    """OUT/checkpoints/step_N/ written as a temp dir then renamed; then the model is exported to OUT."""
+def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args, rng=None):
+    """OUT/checkpoints/step_N/ written as a temp dir then renamed; then the model is exported to OUT.
+    `rng`: the RNG states of every process (a list, rank order); default: this process's."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:                                        # never write a broken model over a good checkpoint
+        raise TrainingStopped(f"step {step}: not saving, weights are not finite ({', '.join(bad[:3])}, ...); "
+                              f"the last good checkpoint is {latest_checkpoint(run_dir)}")
     ckpts = run_dir / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"step_{step:07d}"
@@ -202,7 +280,7 @@ def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, arg
     model.save_pretrained(tmp)
     tok.save(tmp)
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng or [rng_state()],
              "args": {k: v for k, v in vars(args).items() if k != "given"}}
     torch.save(state, tmp / "training_state.pt")
     if final.exists():
@@ -276,10 +354,9 @@ def _word_positions(tok, ids):
     return pos
 
 
-@torch.no_grad()
 def show_fill_mask(mlm, tok, batches, device, n, k=5):
-    """A few held-out sequences with one word masked, and the model's top-k fillers."""
-    mlm.eval()
+    """A few held-out sequences with one word masked, and the model's top-k fillers (predict.py's)."""
+    from predict import fill_mask_ids
     b = batches.get_batch(10_000)
     ids = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])        # the original text
     rng = random.Random(0)
@@ -293,14 +370,11 @@ def show_fill_mask(mlm, tok, batches, device, n, k=5):
         truth = real[p]
         masked = list(real)
         masked[p] = tok.mask_id
-        x = torch.tensor([masked], device=device)
-        probs = mlm(x, torch.ones_like(x, dtype=torch.bool)).logits[0, p].float().softmax(-1)
-        top = probs.topk(k)
+        fillers = fill_mask_ids(mlm, tok, torch.tensor([masked], device=device), top_k=k)[0][0]
         lo, hi = max(0, p - 16), min(len(masked), p + 12)
         text = f"{tok.decode(real[lo:p])} {tok.mask_token} {tok.decode(real[p + 1:hi])}"
-        guesses = ", ".join(f"{tok.decode([i]).strip()} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
+        guesses = ", ".join(f"{f.token.strip()} {f.prob:.2f}" for f in fillers)
         print(f"  ...{text}...\n    truth: {tok.decode([truth]).strip()!r:14} model: {guesses}")
-    mlm.train()
 
 
 @torch.no_grad()
@@ -341,6 +415,9 @@ def main(argv=None):
     args = parse_args(argv)
     family = importlib.import_module(args.model)
     run_dir = Path(args.out)
+    rank, world, device = setup_distributed(args)
+    say = print if rank == 0 else (lambda *a, **k: None)     # only rank 0 prints, logs and writes
+    args.world_size = world
 
     # -- resume: the run's own settings come back, then the same code path as a fresh run
     resume_from, state = None, None
@@ -348,7 +425,17 @@ def main(argv=None):
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             raise UsageError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:                   # a pickle that is not plain data is refused, never run
+            call = re.search(r"GLOBAL ([\w.]+)", str(e))
+            why = (f"loading it would call {call[1]}, i.e. run code, where a training state holds only tensors "
+                   "and numbers" if call else f"it is corrupt or truncated ({str(e).splitlines()[0][:200]})")
+            raise UsageError(f"{resume_from / 'training_state.pt'} is refused: {why}; resume from an earlier "
+                             "checkpoint (move this one out of checkpoints/) or start again") from None
+        if state["args"].get("world_size", 1) != world:
+            raise UsageError(f"--resume: the run used {state['args'].get('world_size', 1)} process(es), this one "
+                             f"{world}: resume with the same torchrun --nproc_per_node x --nnodes")
         check_resume_args(args, state["args"])
 
     objective = args.objective or family.DEFAULT_OBJECTIVE
@@ -356,23 +443,28 @@ def main(argv=None):
         raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
                          f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
     args.objective = objective
-    device = pick_device(args.device)
-    seed_everything(args.seed)
+    seed_everything(args.seed + rank)                        # ranks draw different dropout masks
     if args.precision is None:
         args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
-    # -- data and tokenizer
-    files = data.resolve_data(args.data, data.CACHE_DIR)
+    # -- data and tokenizer (with torchrun, rank 0 builds the caches first, the others then read them)
+    if rank != 0:
+        all_reduce_(torch.zeros(1, device=device), world)    # wait for rank 0's caches
+    enc = dict(encoding=args.encoding, errors=args.encoding_errors)
+    files = data.resolve_data(args.data, data.CACHE_DIR, **enc)
     tok = tokenizers_lib.load(resume_from) if resume_from else get_tokenizer(args, family, files)
-    train_corpus, val_corpus = data.build_cache(files, tok, data.CACHE_DIR)
+    train_corpus, val_corpus = data.build_cache(files, tok, data.CACHE_DIR, **enc)
+    if rank == 0 and world > 1:
+        all_reduce_(torch.zeros(1, device=device), world)
     masking = getattr(family, "MLM_MASKING", {})
     masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **masking)
     packed = getattr(family, "PACKED_SEQUENCES", False) and objective in ("mlm", "rtd")
     kw = dict(tok=tok, objective=objective, seq_len=args.seq_len, batch_size=args.batch_size,
               masker=masker, packed=packed)
-    train_batches = data.PretrainingBatches(train_corpus, seed=args.seed, **kw)
+    # each rank reads its own share of every step: rank r's batch at micro-step m is one process's m*W + r
+    train_batches = data.PretrainingBatches(train_corpus, seed=args.seed, rank=rank, world_size=world, **kw)
     val_batches = data.PretrainingBatches(val_corpus, seed=args.seed + 1, **kw)
 
     # -- model
@@ -405,99 +497,168 @@ def main(argv=None):
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        set_rng_state(rngs[rank])
         step = state["step"]
-    train_model = torch.compile(model) if args.compile else model
+    ddp = None
+    if world > 1:          # DDP averages the gradients across processes during the last micro-step's backward
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = ddp or model
+    if args.compile:
+        train_model = torch.compile(train_model)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in (run_dir / "checkpoints").glob(".tmp-*"):  # a checkpoint write that was killed half-way
+            shutil.rmtree(tmp, ignore_errors=True)
+        if resume_from:
+            rewrite_metrics(metrics_path, step)
+        elif metrics_path.exists():
+            metrics_path.unlink()                             # a fresh run in an old directory
     if resume_from:
-        rewrite_metrics(metrics_path, step)
-        print(f"resuming {resume_from} at step {step}")
-    elif metrics_path.exists():
-        metrics_path.unlink()                                 # a fresh run in an old directory
-    log = metrics_path.open("a")
+        say(f"resuming {resume_from} at step {step}")
+    log = metrics_path.open("a") if rank == 0 else None
 
     def record(rec):
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
 
-    tokens_per_step = args.batch_size * args.seq_len * args.grad_accum
-    print(f"{args.model} {args.preset} ({n_params / 1e6:.1f}M parameters), objective {objective}, "
-          f"{device} {args.precision}, kernels {__import__('kernels').BACKEND}\n"
-          f"data: {len(files)} file(s), {train_corpus.n_docs} train / {val_corpus.n_docs} held-out documents, "
-          f"{train_corpus.n_tokens / 1e6:.2f}M train tokens, vocabulary {tok.vocab_size}\n"
-          f"{args.steps} steps x {tokens_per_step} tokens (batch {args.batch_size} x seq {args.seq_len}"
-          f" x accum {args.grad_accum}), lr {args.lr}, out {run_dir}")
+    tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * world
+    say(f"{args.model} {args.preset} ({n_params / 1e6:.1f}M parameters), objective {objective}, "
+        f"{device} {args.precision}, kernels {__import__('kernels').BACKEND}"
+        + (f", {world} processes (DDP)" if world > 1 else "") + "\n"
+        f"data: {len(files)} file(s), {train_corpus.n_docs} train / {val_corpus.n_docs} held-out documents, "
+        f"{train_corpus.n_tokens / 1e6:.2f}M train tokens, vocabulary {tok.vocab_size}\n"
+        f"{args.steps} steps x {tokens_per_step} tokens (batch {args.batch_size} x seq {args.seq_len}"
+        f" x accum {args.grad_accum}" + (f" x {world} processes" if world > 1 else "") +
+        f"), lr {args.lr}, out {run_dir}")
+
+    def checkpoint(step):
+        rng = [rng_state()]
+        if world > 1:                                         # every process's RNG, for an exact resume
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, rng_state())
+        if rank == 0:
+            return save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args, rng)
 
     # -- the loop
     from tqdm import tqdm
     first_eval = None
-    if step == 0:
+    if step == 0 and rank == 0:
         first_eval = evaluate(model, val_batches, args.eval_batches, device, autocast)
         record({"step": 0, **first_eval})
     stream = train_batches.iterate(start_step=step * args.grad_accum)
     model.train()
-    bar = tqdm(total=args.steps, initial=step, desc="pretraining", unit="step", dynamic_ncols=True)
-    t_log, data_time, compute_time, sums, n_sums = time.perf_counter(), 0.0, 0.0, {}, 0
-    last_eval = first_eval
-    while step < args.steps:
-        t0 = time.perf_counter()
-        for micro in range(args.grad_accum):
-            td = time.perf_counter()
-            batch = next(stream)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            data_time += time.perf_counter() - td
-            with autocast:
-                out = train_model(**batch)
-            loss = out.loss / args.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            for k, v in {"loss": out.loss, **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            n_sums += 1
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip if args.clip > 0 else float("inf"))
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        compute_time += time.perf_counter() - t0
-        bar.update(1)
+    bar = tqdm(total=args.steps, initial=step, desc="pretraining", unit="step", dynamic_ncols=True, disable=rank != 0)
+    write = bar.write if rank == 0 else (lambda *a, **k: None)
+    t_log, data_time, compute_time, sums, n_sums, window = time.perf_counter(), 0.0, 0.0, {}, 0, 0
+    last_eval, bad_in_a_row, skipped, finished = first_eval, 0, 0, False
+    signals = StopSignals(write)
+    try:
+        with signals:
+            while step < args.steps:
+                t0 = time.perf_counter()
+                step_sums = {}
+                for micro in range(args.grad_accum):
+                    td = time.perf_counter()
+                    batch = next(stream)
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    data_time += time.perf_counter() - td
+                    last = micro == args.grad_accum - 1
+                    with (ddp.no_sync() if ddp and not last else nullcontext()), autocast:
+                        out = train_model(**batch)
+                        loss = out.loss / args.grad_accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    for k, v in {"loss": out.loss, **out.metrics}.items():
+                        step_sums[k] = step_sums.get(k, 0.0) + v.detach().float()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip if args.clip > 0 else float("inf"))
+                # a non-finite loss or gradient skips the update (with fp16 an overflow is the scaler's business:
+                # it skips the step itself and lowers the scale); every process takes the same decision
+                bad = not torch.isfinite(step_sums["loss"]) or (scaler is None and not torch.isfinite(grad_norm))
+                flags = torch.tensor([bad, signals.received is not None], dtype=torch.float32, device=device)
+                bad, stop = (bool(f) for f in all_reduce_(flags, world))
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                elif not bad:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                window += 1
+                compute_time += time.perf_counter() - t0
+                bar.update(1)
+                if bad:
+                    skipped += 1
+                    bad_in_a_row += 1
+                    write(f"step {step}: non-finite loss or gradient, update skipped ({bad_in_a_row} in a row)")
+                    if bad_in_a_row >= args.max_bad_steps:
+                        raise TrainingStopped(
+                            f"step {step}: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"({skipped} skipped in all); the last good checkpoint is "
+                            f"{latest_checkpoint(run_dir) or 'none (no checkpoint was saved yet)'}: "
+                            "resume it with --resume, or start again with a lower --lr or --precision fp32")
+                else:
+                    bad_in_a_row = 0
+                    for k, v in step_sums.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n_sums += args.grad_accum
 
-        if step % args.log_every == 0 or step == args.steps:
-            elapsed = time.perf_counter() - t_log
-            rec = {"step": step, **{k: round(float(v) / n_sums, 5) for k, v in sums.items()},
-                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
-                   "tokens_per_s": round(tokens_per_step * n_sums / args.grad_accum / elapsed, 1),
-                   "data_ms": round(1000 * data_time / n_sums, 2),
-                   "step_ms": round(1000 * compute_time / (n_sums / args.grad_accum), 2)}
-            record(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-            t_log, data_time, compute_time, sums, n_sums = time.perf_counter(), 0.0, 0.0, {}, 0
-        if step % args.eval_every == 0 or step == args.steps:
-            last_eval = evaluate(model, val_batches, args.eval_batches, device, autocast)
-            record({"step": step, **last_eval})
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-        if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args)
-    bar.close()
-    stream.close()
-    log.close()
+                if step % args.log_every == 0 or step == args.steps:
+                    names = sorted(sums)
+                    totals = all_reduce_(torch.stack([torch.as_tensor(sums[k], device=device).float() for k in names]
+                                                     + [torch.tensor(float(n_sums), device=device)]), world, "sum")
+                    n_all = max(1.0, float(totals[-1]))
+                    elapsed = time.perf_counter() - t_log
+                    rec = {"step": step, **{k: round(float(v) / n_all, 5) for k, v in zip(names, totals)},
+                           "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
+                           "tokens_per_s": round(tokens_per_step * window / elapsed, 1),
+                           "data_ms": round(1000 * data_time / (window * args.grad_accum), 2),
+                           "step_ms": round(1000 * compute_time / window, 2)}
+                    if skipped:
+                        rec["skipped_steps"] = skipped
+                    record(rec)
+                    if "loss" in rec:
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                    t_log, data_time, compute_time, sums, n_sums, window = time.perf_counter(), 0.0, 0.0, {}, 0, 0
+                if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
+                    last_eval = evaluate(model, val_batches, args.eval_batches, device, autocast)
+                    record({"step": step, **last_eval})
+                    write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                if step % args.save_every == 0 or step == args.steps or stop:
+                    saved = checkpoint(step)
+                if stop and step < args.steps:
+                    name = signal.Signals(signals.received).name if signals.received else "a signal"
+                    raise TrainingStopped(f"stopped by {name} at step {step}: saved {saved}; continue with the same "
+                                          "command and --resume", exit_code=128 + (signals.received or 15))
+        finished = True
+    except TrainingStopped:
+        finished = True                                       # every process stops at the same step
+        raise
+    finally:
+        bar.close()
+        stream.close()
+        if log:
+            log.close()
+        if world > 1:
+            if finished:
+                torch.distributed.barrier()                   # rank 0 may still be writing
+            torch.distributed.destroy_process_group()
 
     # -- summary
     if first_eval and last_eval:
-        print("held-out: " + ", ".join(f"{k[4:]} {first_eval[k]:.4f} -> {last_eval[k]:.4f}"
-                                        for k in last_eval if k in first_eval))
-    print(f"saved {run_dir} (model + tokenizer, Hugging Face layout) and {run_dir / 'metrics.jsonl'}")
-    if args.show:
+        say("held-out: " + ", ".join(f"{k[4:]} {first_eval[k]:.4f} -> {last_eval[k]:.4f}"
+                                     for k in last_eval if k in first_eval))
+    say(f"saved {run_dir} (model + tokenizer, Hugging Face layout) and {run_dir / 'metrics.jsonl'}")
+    if args.show and rank == 0:
         show_fill_mask(getattr(model, "generator", model), tok, val_batches, device, args.show)
         if hasattr(model, "replaced_token_detection"):
             show_replaced_tokens(model, tok, val_batches, device, args.show)
+        print(f"\nyour own text: python predict.py {run_dir} \"The {tok.mask_token} of the function.\"")
     return model
 
 
@@ -506,3 +667,6 @@ if __name__ == "__main__":
         main()
     except (UsageError, data.DataError) as e:
         sys.exit(f"train.py: error: {e}")
+    except TrainingStopped as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

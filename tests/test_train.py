@@ -188,3 +188,17 @@ def test_every_family_pretrains_with_its_objective(corpus, tmp_path, capsys, mod
     if model == "electra":                       # the generator beside the discriminator, and the display
         assert json.loads((out / "generator" / "config.json").read_text())["architectures"] == ["ElectraForMaskedLM"]
         assert "replaced-token detection" in printed
+
+
+def test_encoding_flags_read_a_latin1_corpus(tmp_path, monkeypatch):
+    """A latin-1 corpus: a clear error naming the fix, then --encoding latin-1 trains on the right text."""
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    folder = write_corpus(tmp_path / "text", n_docs=30)
+    text = (folder / "corpus.txt").read_text().replace("river", "rivière")
+    (folder / "corpus.txt").write_bytes(text.encode("latin-1"))
+    common = {"--steps": "2", "--show": "0"}
+    with pytest.raises(data.DataError, match="corpus.txt: not utf-8 .*--encoding latin-1"):
+        train.main(base_args(folder, tmp_path / "run", **common))
+    train.main(base_args(folder, tmp_path / "run", **common, **{"--encoding": "latin-1"}))
+    tok = importlib.import_module("tokenizer").load(tmp_path / "run")
+    assert tok.unk_id not in tok.encode("rivière") and "rivi" in tok.decode(tok.encode("rivière"))
