@@ -22,6 +22,10 @@ The paper also masks n-grams of up to 3 tokens for MLM; data.py masks single tok
 Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a published
 checkpoint directory and `save_pretrained` writes one that `transformers` loads with the same
 outputs. This file depends only on torch, safetensors and `kernels`.
+
+Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
+as in bert.py (see its docstring): `AlbertModel.forward(input_ids, attention_mask=None,
+token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
 """
 import json
 import os
@@ -36,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import attention
+from kernels import attention, attention_varlen
 
 TOKENIZER_KIND = "unigram"            # tokenizer.py kind this family is pretrained with
 DEFAULT_OBJECTIVE = "mlm+sop"         # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
@@ -66,6 +70,7 @@ class AlbertConfig:
     pad_token_id: int = 0
     classifier_dropout_prob: Optional[float] = 0.1   # SOP and classifier heads; None = hidden_dropout_prob
     num_labels: int = 2                           # for AlbertForSequenceClassification; 1 = regression
+    unpad: bool = True                            # run padded batches on their real tokens only
 
     model_type: ClassVar[str] = "albert"
     # The published sizes (Table 1 of the paper, heads and FFN from the released configs), all with E = 128.
@@ -112,9 +117,9 @@ class AlbertConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
-                 if isinstance(v, bool) or not isinstance(v, allowed.get(types[k], object))]
+                 if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
         if wrong:
             raise ValueError("; ".join(wrong))
@@ -127,6 +132,7 @@ class AlbertConfig:
         d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
+        del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
         return d
 
 
@@ -157,6 +163,44 @@ ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
+# Copied from bert.Unpadded
+class Unpadded(NamedTuple):
+    """Where the real tokens of a (B, T) batch are, for the unpadded (total, H) layout."""
+    indices: torch.Tensor         # (total,) int64: flat index b * T + t of each real token, in order
+    cu_seqlens: torch.Tensor      # (S+1,) int32: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]
+    max_seqlen: int               # the longest sequence
+    starts: torch.Tensor          # (B, T) bool: True at the first token of each sequence
+
+
+# Copied from bert.unpad
+def unpad(attention_mask, document_ids=None):
+    """The sequences of a batch: the runs of real tokens in each row, split where document_ids changes.
+
+    attention_mask: (B, T) bool, True = real; document_ids: (B, T) int or None. A sequence never
+    crosses a row, a padded position or a change of document id.
+    """
+    real = attention_mask                                                     # (B, T)
+    new = torch.ones_like(real)
+    new[:, 1:] = ~real[:, :-1]                                                # first column, or after padding
+    if document_ids is not None:
+        new[:, 1:] |= document_ids[:, 1:] != document_ids[:, :-1]
+    starts = real & new                                                       # (B, T)
+    indices = real.flatten().nonzero().squeeze(1)                             # (total,) graph break here
+    first = starts.flatten()[indices].nonzero().squeeze(1)                    # (S,) row where each sequence starts
+    if first.numel() == 0:                                                    # no real token at all
+        first = indices.new_zeros(1)
+    cu_seqlens = torch.cat([first, first.new_tensor([indices.numel()])]).to(torch.int32)   # (S+1,)
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return Unpadded(indices, cu_seqlens, max_seqlen, starts)
+
+
+# Copied from bert.pad
+def pad(x, indices, B, T):
+    """(total, H) rows back to (B, T, H), zeros at the padded positions."""
+    out = x.new_zeros(B * T, x.shape[-1]).index_copy(0, indices, x)          # (B*T, H)
+    return out.view(B, T, -1)                                                 # (B, T, H)
+
+
 # Copied from bert.BertEmbeddings with Bert->Albert,hidden_size->embedding_size,H)->E)
 class AlbertEmbeddings(nn.Module):
     def __init__(self, config):
@@ -168,17 +212,27 @@ class AlbertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
+        """input_ids (B, T), or (total,) real tokens gathered by the model (with all three ids given)."""
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)[None]      # (1, T)
+            position_ids = self.make_position_ids(input_ids)                   # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids)                                    # (B, T, E)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))                                  # (B, T, E)
+
+    def make_position_ids(self, input_ids, starts=None):
+        """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
+        packed document), restarting at 0 at each document."""
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        position_ids = torch.arange(T, device=input_ids.device)[None]          # (1, T)
+        if starts is not None:
+            first = torch.cummax(position_ids * starts, dim=1).values          # (B, T) where each document starts
+            position_ids = position_ids - first
+        return position_ids                                                     # (1, T) or (B, T)
 
 
 class AlbertAttention(nn.Module):
@@ -197,14 +251,23 @@ class AlbertAttention(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x, attention_mask=None):
-        B, T, H = x.shape
-        q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
-        v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        y = attention(q, k, v, key_padding_mask=attention_mask,
-                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
-        y = y.transpose(1, 2).reshape(B, T, H)                                        # (B, T, H)
-        return self.LayerNorm(x + self.output_dropout(self.dense(y)))                 # (B, T, H), post-LN
+        """x (B, T, H) with attention_mask (B, T) or None; or x (total, H) with an Unpadded layout."""
+        p = self.dropout_p if self.training else 0.0
+        if isinstance(attention_mask, Unpadded):
+            N, H = x.shape
+            q = self.query(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            k = self.key(x).view(N, self.num_heads, self.head_dim)                   # (N, nh, hd)
+            v = self.value(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            y = attention_varlen(q, k, v, attention_mask.cu_seqlens, attention_mask.max_seqlen, dropout_p=p)
+            y = y.reshape(N, H)                                                       # (N, H)
+        else:
+            B, T, H = x.shape
+            q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+            k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
+            v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+            y = attention(q, k, v, key_padding_mask=attention_mask, dropout_p=p)         # (B, nh, T, hd)
+            y = y.transpose(1, 2).reshape(B, T, H)                                        # (B, T, H)
+        return self.LayerNorm(x + self.output_dropout(self.dense(y)))                     # (B, T, H), post-LN
 
 
 class AlbertLayer(nn.Module):
@@ -492,11 +555,25 @@ class AlbertModel(AlbertPreTrainedModel):
         self.pooler = AlbertPooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
+        """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, E)
-        return self.encoder(x, attention_mask)                                  # (B, T, H)
+        if document_ids is None and (attention_mask is None or not self.config.unpad or bool(attention_mask.all())):
+            x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
+            return self.encoder(x, attention_mask)                              # (B, T, H)
+        # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        layout = unpad(attention_mask, document_ids)
+        if position_ids is None:
+            position_ids = self.embeddings.make_position_ids(input_ids, None if document_ids is None else layout.starts)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
+        x = self.embeddings(*ids)                                               # (total, E)
+        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
 
 
 class AlbertForPreTraining(AlbertPreTrainedModel):
@@ -511,8 +588,8 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                sentence_order_label=None):
-        h = self.albert(input_ids, attention_mask, token_type_ids)             # (B, T, H)
+                sentence_order_label=None, document_ids=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100                                         # (B, T)
@@ -542,8 +619,8 @@ class AlbertForMaskedLM(AlbertPreTrainedModel):
         self.predictions = AlbertMLMHead(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.albert(input_ids, attention_mask, token_type_ids)               # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100
@@ -568,8 +645,8 @@ class AlbertForSequenceClassification(AlbertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.albert(input_ids, attention_mask, token_type_ids)               # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.classifier(self.dropout(self.albert.pooler(h)))            # (B, num_labels)
         metrics, loss = {}, None
         if labels is not None:

@@ -23,6 +23,10 @@ Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining 
 ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs. A run
 directory holds the discriminator at its root and the generator in generator/. This file depends
 only on torch, safetensors and `kernels`.
+
+Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
+as in bert.py (see its docstring): `ElectraModel.forward(input_ids, attention_mask=None,
+token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
 """
 import json
 import os
@@ -37,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import attention
+from kernels import attention, attention_varlen
 
 TOKENIZER_KIND = "wordpiece"          # tokenizer.py kind this family is pretrained with
 DEFAULT_OBJECTIVE = "rtd"             # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
@@ -67,6 +71,7 @@ class ElectraConfig:
     pad_token_id: int = 0
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for ElectraForSequenceClassification; 1 = regression
+    unpad: bool = True                            # run padded batches on their real tokens only
     # pretraining (our fields; transformers ignores them in config.json)
     generator_size: float = 0.25                  # generator hidden size, heads and FFN as a fraction of these
     generator_weight: float = 1.0                 # loss = generator_weight * MLM + discriminator_weight * RTD
@@ -116,9 +121,9 @@ class ElectraConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
-                 if isinstance(v, bool) or not isinstance(v, allowed.get(types[k], object))]
+                 if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
         if wrong:
             raise ValueError("; ".join(wrong))
@@ -131,6 +136,7 @@ class ElectraConfig:
         d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
+        del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
         return d
 
     def generator_config(self):
@@ -194,6 +200,44 @@ ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
+# Copied from bert.Unpadded
+class Unpadded(NamedTuple):
+    """Where the real tokens of a (B, T) batch are, for the unpadded (total, H) layout."""
+    indices: torch.Tensor         # (total,) int64: flat index b * T + t of each real token, in order
+    cu_seqlens: torch.Tensor      # (S+1,) int32: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]
+    max_seqlen: int               # the longest sequence
+    starts: torch.Tensor          # (B, T) bool: True at the first token of each sequence
+
+
+# Copied from bert.unpad
+def unpad(attention_mask, document_ids=None):
+    """The sequences of a batch: the runs of real tokens in each row, split where document_ids changes.
+
+    attention_mask: (B, T) bool, True = real; document_ids: (B, T) int or None. A sequence never
+    crosses a row, a padded position or a change of document id.
+    """
+    real = attention_mask                                                     # (B, T)
+    new = torch.ones_like(real)
+    new[:, 1:] = ~real[:, :-1]                                                # first column, or after padding
+    if document_ids is not None:
+        new[:, 1:] |= document_ids[:, 1:] != document_ids[:, :-1]
+    starts = real & new                                                       # (B, T)
+    indices = real.flatten().nonzero().squeeze(1)                             # (total,) graph break here
+    first = starts.flatten()[indices].nonzero().squeeze(1)                    # (S,) row where each sequence starts
+    if first.numel() == 0:                                                    # no real token at all
+        first = indices.new_zeros(1)
+    cu_seqlens = torch.cat([first, first.new_tensor([indices.numel()])]).to(torch.int32)   # (S+1,)
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return Unpadded(indices, cu_seqlens, max_seqlen, starts)
+
+
+# Copied from bert.pad
+def pad(x, indices, B, T):
+    """(total, H) rows back to (B, T, H), zeros at the padded positions."""
+    out = x.new_zeros(B * T, x.shape[-1]).index_copy(0, indices, x)          # (B*T, H)
+    return out.view(B, T, -1)                                                 # (B, T, H)
+
+
 # Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size
 class ElectraEmbeddings(nn.Module):
     def __init__(self, config):
@@ -205,17 +249,27 @@ class ElectraEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
+        """input_ids (B, T), or (total,) real tokens gathered by the model (with all three ids given)."""
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)[None]      # (1, T)
+            position_ids = self.make_position_ids(input_ids)                   # (1, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids)                                    # (B, T, H)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+
+    def make_position_ids(self, input_ids, starts=None):
+        """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
+        packed document), restarting at 0 at each document."""
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.position_embeddings.num_embeddings}")
+        position_ids = torch.arange(T, device=input_ids.device)[None]          # (1, T)
+        if starts is not None:
+            first = torch.cummax(position_ids * starts, dim=1).values          # (B, T) where each document starts
+            position_ids = position_ids - first
+        return position_ids                                                     # (1, T) or (B, T)
 
 
 # Copied from bert.BertSelfAttention with Bert->Electra
@@ -230,12 +284,20 @@ class ElectraSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask=None):
+        """x (B, T, H) with attention_mask (B, T) or None; or x (total, H) with an Unpadded layout."""
+        p = self.dropout_p if self.training else 0.0
+        if isinstance(attention_mask, Unpadded):
+            N, H = x.shape
+            q = self.query(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            k = self.key(x).view(N, self.num_heads, self.head_dim)                   # (N, nh, hd)
+            v = self.value(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            y = attention_varlen(q, k, v, attention_mask.cu_seqlens, attention_mask.max_seqlen, dropout_p=p)
+            return y.reshape(N, H)                                                    # (N, H)
         B, T, H = x.shape
         q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
         v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        y = attention(q, k, v, key_padding_mask=attention_mask,
-                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
+        y = attention(q, k, v, key_padding_mask=attention_mask, dropout_p=p)         # (B, nh, T, hd)
         return y.transpose(1, 2).reshape(B, T, H)                                     # (B, T, H)
 
 
@@ -559,13 +621,29 @@ class ElectraModel(ElectraPreTrainedModel):
         self.encoder = ElectraEncoder(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
+        """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, E)
+        if document_ids is None and (attention_mask is None or not self.config.unpad or bool(attention_mask.all())):
+            x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
+            if self.embeddings_project is not None:
+                x = self.embeddings_project(x)                                 # (B, T, H)
+            return self.encoder(x, attention_mask)                              # (B, T, H)
+        # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        layout = unpad(attention_mask, document_ids)
+        if position_ids is None:
+            position_ids = self.embeddings.make_position_ids(input_ids, None if document_ids is None else layout.starts)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
+        x = self.embeddings(*ids)                                               # (total, E)
         if self.embeddings_project is not None:
-            x = self.embeddings_project(x)                                     # (B, T, H)
-        return self.encoder(x, attention_mask)                                  # (B, T, H)
+            x = self.embeddings_project(x)                                     # (total, H)
+        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
 
 
 class ElectraForPreTraining(ElectraPreTrainedModel):
@@ -581,8 +659,8 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
         self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.discriminator_predictions(h)                             # (B, T)
         metrics, loss = {}, None
         if labels is not None:
@@ -601,8 +679,8 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
         self.generator_lm_head = ElectraGeneratorLMHead(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100
@@ -625,8 +703,8 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
         self.classifier = ElectraClassificationHead(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.classifier(h)                                            # (B, num_labels)
         metrics, loss = {}, None
         if labels is not None:
@@ -661,18 +739,21 @@ class Electra(nn.Module):
                              f"{(d.vocab_size, d.embedding_size)}")
         self.generator.electra.embeddings = self.discriminator.electra.embeddings      # shared: one module
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         """input_ids arrive masked (by data.py); labels hold the original ids there and -100 elsewhere.
-        Returns the loss, the discriminator's logits (B, T) and the metrics of both models."""
+        Returns the loss, the discriminator's logits (B, T) and the metrics of both models.
+        document_ids (B, T): packed documents, as in ElectraModel."""
         if labels is None:                                    # nothing masked: only the discriminator's verdicts
-            return self.discriminator(input_ids, attention_mask, token_type_ids)
+            return self.discriminator(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
         # 1. the generator is a masked language model: its MLM loss at the masked positions
-        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels)  # logits (N, V)
+        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels,
+                             document_ids=document_ids)                              # logits (N, V)
         # 2. sample a replacement there from its distribution, and put the samples in the text
         original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
         # 3. the discriminator reads the corrupted text and says, for every real token, whether it
         #    was replaced; a sample that equals the original token counts as original
-        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced)
+        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced,
+                                  document_ids=document_ids)
         # 4. one loss for both; no gradient reaches the generator through the sampling
         loss = self.config.generator_weight * gen.loss + self.config.discriminator_weight * disc.loss
         return Output(loss, disc.logits, {**gen.metrics, **disc.metrics})

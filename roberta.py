@@ -24,6 +24,11 @@ published checkpoint directory and `save_pretrained` writes one that `transforme
 with the same outputs. The blocks shared with bert.py are copied under `# Copied from`
 markers, checked by tests/test_copies.py. This file depends only on torch, safetensors and
 `kernels`.
+
+Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
+as in bert.py (see its docstring): `RobertaModel.forward(input_ids, attention_mask=None,
+token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
+Packed, each document's positions restart at padding_idx + 1.
 """
 import json
 import os
@@ -38,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import attention
+from kernels import attention, attention_varlen
 
 TOKENIZER_KIND = "bpe"                # tokenizer.py kind this family is pretrained with
 DEFAULT_OBJECTIVE = "mlm"             # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
@@ -65,6 +70,7 @@ class RobertaConfig:
     pad_token_id: int = 1
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for RobertaForSequenceClassification; 1 = regression
+    unpad: bool = True                            # run padded batches on their real tokens only
 
     model_type: ClassVar[str] = "roberta"
     # base and large as published; tiny and mini are CPU-sized, named as BERT's
@@ -104,9 +110,9 @@ class RobertaConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
-                 if isinstance(v, bool) or not isinstance(v, allowed.get(types[k], object))]
+                 if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
         if wrong:
             raise ValueError("; ".join(wrong))
@@ -119,6 +125,7 @@ class RobertaConfig:
         d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
+        del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
         return d
 
 
@@ -149,6 +156,44 @@ ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
+# Copied from bert.Unpadded
+class Unpadded(NamedTuple):
+    """Where the real tokens of a (B, T) batch are, for the unpadded (total, H) layout."""
+    indices: torch.Tensor         # (total,) int64: flat index b * T + t of each real token, in order
+    cu_seqlens: torch.Tensor      # (S+1,) int32: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]
+    max_seqlen: int               # the longest sequence
+    starts: torch.Tensor          # (B, T) bool: True at the first token of each sequence
+
+
+# Copied from bert.unpad
+def unpad(attention_mask, document_ids=None):
+    """The sequences of a batch: the runs of real tokens in each row, split where document_ids changes.
+
+    attention_mask: (B, T) bool, True = real; document_ids: (B, T) int or None. A sequence never
+    crosses a row, a padded position or a change of document id.
+    """
+    real = attention_mask                                                     # (B, T)
+    new = torch.ones_like(real)
+    new[:, 1:] = ~real[:, :-1]                                                # first column, or after padding
+    if document_ids is not None:
+        new[:, 1:] |= document_ids[:, 1:] != document_ids[:, :-1]
+    starts = real & new                                                       # (B, T)
+    indices = real.flatten().nonzero().squeeze(1)                             # (total,) graph break here
+    first = starts.flatten()[indices].nonzero().squeeze(1)                    # (S,) row where each sequence starts
+    if first.numel() == 0:                                                    # no real token at all
+        first = indices.new_zeros(1)
+    cu_seqlens = torch.cat([first, first.new_tensor([indices.numel()])]).to(torch.int32)   # (S+1,)
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return Unpadded(indices, cu_seqlens, max_seqlen, starts)
+
+
+# Copied from bert.pad
+def pad(x, indices, B, T):
+    """(total, H) rows back to (B, T, H), zeros at the padded positions."""
+    out = x.new_zeros(B * T, x.shape[-1]).index_copy(0, indices, x)          # (B*T, H)
+    return out.view(B, T, -1)                                                 # (B, T, H)
+
+
 class RobertaEmbeddings(nn.Module):
     """BERT's embeddings, except the position ids: they count from padding_idx + 1, and padding keeps padding_idx."""
 
@@ -171,17 +216,21 @@ class RobertaEmbeddings(nn.Module):
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
 
-    def make_position_ids(self, input_ids):
+    def make_position_ids(self, input_ids, starts=None):
         """padding_idx + 1, + 2, ... over the real tokens; padding_idx at padding (fairseq's make_positions).
 
         Counting only real tokens makes a row's positions independent of its padding, on either side.
+        With `starts` (B, T) bool, True at the first token of each packed document, the count restarts there.
         """
         T, most = input_ids.shape[1], self.position_embeddings.num_embeddings - self.padding_idx - 1
         if T > most:
             raise ValueError(f"sequence length {T} exceeds {most}: max_position_embeddings "
                              f"{self.position_embeddings.num_embeddings} minus padding_idx + 1")
         real = (input_ids != self.padding_idx).long()                           # (B, T)
-        return torch.cumsum(real, dim=1) * real + self.padding_idx              # (B, T)
+        count = torch.cumsum(real, dim=1)                                       # (B, T)
+        if starts is not None:                                                  # count from each document's start
+            count = count - torch.cummax((count - 1) * starts, dim=1).values
+        return count * real + self.padding_idx                                  # (B, T)
 
 
 # Copied from bert.BertSelfAttention with Bert->Roberta
@@ -196,12 +245,20 @@ class RobertaSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask=None):
+        """x (B, T, H) with attention_mask (B, T) or None; or x (total, H) with an Unpadded layout."""
+        p = self.dropout_p if self.training else 0.0
+        if isinstance(attention_mask, Unpadded):
+            N, H = x.shape
+            q = self.query(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            k = self.key(x).view(N, self.num_heads, self.head_dim)                   # (N, nh, hd)
+            v = self.value(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
+            y = attention_varlen(q, k, v, attention_mask.cu_seqlens, attention_mask.max_seqlen, dropout_p=p)
+            return y.reshape(N, H)                                                    # (N, H)
         B, T, H = x.shape
         q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
         v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        y = attention(q, k, v, key_padding_mask=attention_mask,
-                      dropout_p=self.dropout_p if self.training else 0.0)            # (B, nh, T, hd)
+        y = attention(q, k, v, key_padding_mask=attention_mask, dropout_p=p)         # (B, nh, T, hd)
         return y.transpose(1, 2).reshape(B, T, H)                                     # (B, T, H)
 
 
@@ -513,11 +570,25 @@ class RobertaModel(RobertaPreTrainedModel):
         self.pooler = RobertaPooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
+        """(B, T, H). document_ids (B, T): packed documents, see the module docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-        x = self.embeddings(input_ids, token_type_ids, position_ids)            # (B, T, H)
-        return self.encoder(x, attention_mask)                                  # (B, T, H)
+        if document_ids is None and (attention_mask is None or not self.config.unpad or bool(attention_mask.all())):
+            x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, H)
+            return self.encoder(x, attention_mask)                              # (B, T, H)
+        # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        layout = unpad(attention_mask, document_ids)
+        if position_ids is None:
+            position_ids = self.embeddings.make_position_ids(input_ids, None if document_ids is None else layout.starts)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
+        x = self.embeddings(*ids)                                               # (total, H)
+        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
 
 
 class RobertaForMaskedLM(RobertaPreTrainedModel):
@@ -531,8 +602,8 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.lm_head = RobertaLMHead(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.roberta(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100
@@ -555,8 +626,8 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
         self.classifier = RobertaClassificationHead(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        h = self.roberta(input_ids, attention_mask, token_type_ids)            # (B, T, H)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.classifier(h)                                             # (B, num_labels)
         metrics, loss = {}, None
         if labels is not None:

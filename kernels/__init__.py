@@ -1,7 +1,8 @@
 """Attention and masked softmax for the BERT family: Triton kernels with a PyTorch fallback.
 
-    from kernels import attention
+    from kernels import attention, attention_varlen
     out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1)   # q, k, v: (B, H, T, D)
+    out = attention_varlen(q, k, v, cu_seqlens, max_seqlen)          # q, k, v: (total, H, D), no padding
 
 This file is the only place that decides between the backends:
   "triton"  the fused kernels in kernels/attention.py and kernels/softmax.py
@@ -16,6 +17,11 @@ once.
 
 Mask convention: key_padding_mask is (B, T), bool or 0/1, True = a real token. A query whose
 keys are all padding gets a zero output and zero gradients, never NaN.
+
+Variable length ("unpadded") layout: the S sequences of a batch laid end to end, (total, H, D),
+with cu_seqlens (S+1,) int32 = 0, len_0, len_0 + len_1, ..., total and max_seqlen = the longest
+length (a Python int). Sequence s is rows cu_seqlens[s]:cu_seqlens[s+1] and attends only to
+itself: padding costs nothing, and several documents packed in one row stay apart.
 """
 import math
 import os
@@ -124,6 +130,58 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, impl=No
     return _sdpa(q, k, v, key_padding_mask, dropout_p, scale)
 
 
+def _check_varlen(q, k, v, cu_seqlens, max_seqlen):
+    if q.dim() != 3 or q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"q, k, v must all be (total, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be a 1-d int32 tensor of S+1 >= 2 offsets; got {cu_seqlens.dtype} "
+                         f"of shape {tuple(cu_seqlens.shape)}")
+    if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a Python int >= 0 (the longest sequence); got {max_seqlen!r}")
+
+
+def _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale):
+    """Pad the sequences to (S, H, max_seqlen, D), one SDPA call with a key-padding mask, unpad.
+
+    One batched call rather than a Python loop of S small calls (S is B or more: every layer
+    would pay S dispatches); the padded slots cost max_seqlen^2 work per sequence, as the dense
+    path's attention does. No data-dependent shape: torch.compile can trace it.
+    """
+    total = q.shape[0]
+    cu = cu_seqlens.to(device=q.device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]                                               # (S,)
+    slot = torch.arange(max_seqlen, device=q.device)                         # (Tmax,)
+    real = slot[None, :] < lengths[:, None]                                  # (S, Tmax)
+    rows = (cu[:-1, None] + slot[None, :]).clamp(max=max(total - 1, 0))     # (S, Tmax) into total
+    # index_select, not x[rows]: its backward is index_add_, far faster on the CPU than index_put_
+    S, H, D = rows.shape[0], q.shape[1], q.shape[2]
+    q_, k_, v_ = (x.index_select(0, rows.flatten()).view(S, max_seqlen, H, D).transpose(1, 2)
+                  for x in (q, k, v))                                        # (S, H, Tmax, D) each
+    out = _sdpa(q_, k_, v_, real, dropout_p, scale).transpose(1, 2)          # (S, Tmax, H, D)
+    token = torch.arange(total, device=q.device)                             # (total,)
+    seq = torch.searchsorted(cu[1:], token, right=True)                      # (total,) sequence of each row
+    slot = seq * max_seqlen + token - cu[seq]                                # (total,) its padded slot
+    return out.reshape(S * max_seqlen, H, D).index_select(0, slot)           # (total, H, D)
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, scale=None, impl=None):
+    """Attention over sequences laid end to end: each attends to itself only (no padding, no crossing).
+
+    q, k, v: (total, H, D); cu_seqlens: (S+1,) int32 cumulative lengths, 0 first and total last;
+    max_seqlen: the longest sequence, a Python int. scale defaults to 1/sqrt(D); dropout_p is
+    applied to the attention probabilities. Returns (total, H, D) in q's dtype. Same numbers as
+    `attention` on the padded batch, at the real positions.
+    """
+    _check_varlen(q, k, v, cu_seqlens, max_seqlen)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    backend = _resolve(impl, lambda: _triton_attention.unsupported_varlen(q, k, v, cu_seqlens, dropout_p))
+    if backend == "triton":
+        return _triton_attention.flash_attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale)
+    if q.shape[0] == 0:
+        return q.clone()                                                     # no token at all
+    return _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale)
+
+
 def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl=None):
     """softmax(scale * scores) over the last dim with padded keys at probability 0, then dropout.
 
@@ -141,4 +199,4 @@ def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl
     return reference.masked_softmax(scores, key_padding_mask, scale, dropout_p)
 
 
-__all__ = ["attention", "masked_softmax", "BACKEND", "IMPLS", "reference"]
+__all__ = ["attention", "attention_varlen", "masked_softmax", "BACKEND", "IMPLS", "reference"]

@@ -35,6 +35,13 @@ drawn from torch's default CPU generator, so torch.manual_seed makes a run repro
 kernels/softmax.py uses the same offsets: masked_softmax(q k^T) and flash_attention drop the
 same entries for the same seed (the tests use this).
 
+Variable length (flash_attention_varlen, q, k, v of shape (total, H, D) with cu_seqlens): the same
+three kernels with VARLEN on. Batch entry b is then sequence b, rows cu_seqlens[b]:cu_seqlens[b+1];
+each program reads its sequence's start and length (_sequence), offsets its pointers by the start
+row, and bounds its loads, stores and key loop by that length, so a query block or key block past
+its sequence's end does nothing and no padding is computed. The grid is sized by max_seqlen; the
+log-sum-exp and D buffers are (S * H, max_seqlen); Philox offsets use max_seqlen as the row length.
+
 Limits (the launcher checks them and says which one failed): head dim D in {16, 32, 64, 128};
 q, k, v all float16, bfloat16 or float32 on one CUDA device (or on the CPU under
 TRITON_INTERPRET=1, slowly, without bfloat16); any Tq, Tk >= 1; B * H <= 65535 (the grid's
@@ -84,9 +91,9 @@ _TUNE_KEY = ["T_BUCKET", "HEAD_DIM", "DROPOUT"]
 # EVEN_M / EVEN_N: the sequence length is a multiple of the block, so loads and stores skip
 # their boundary masks. KEY_BIAS: some keys must be excluded (padding, or the ragged end).
 _HEURISTICS = {
-    "EVEN_M": lambda a: a["T_Q"] % a["BLOCK_M"] == 0,
-    "EVEN_N": lambda a: a["T_K"] % a["BLOCK_N"] == 0,
-    "KEY_BIAS": lambda a: a["HAS_MASK"] or a["T_K"] % a["BLOCK_N"] != 0,
+    "EVEN_M": lambda a: not a["VARLEN"] and a["T_Q"] % a["BLOCK_M"] == 0,
+    "EVEN_N": lambda a: not a["VARLEN"] and a["T_K"] % a["BLOCK_N"] == 0,
+    "KEY_BIAS": lambda a: a["HAS_MASK"] or a["VARLEN"] or a["T_K"] % a["BLOCK_N"] != 0,
 }
 
 
@@ -101,6 +108,21 @@ def _key_bias(KEEP_ROW, offs_n, T_K, HAS_MASK: tl.constexpr):
     else:
         real = offs_n < T_K
     return tl.where(real, 0.0, float("-inf"))
+
+
+@triton.jit
+def _sequence(CU_SEQLENS, b, T_Q, T_K, VARLEN: tl.constexpr):
+    """(first row, query length, key length) of batch entry b. Padded layout: row 0, T_Q, T_K.
+    Variable length: sequence b is rows cu_seqlens[b]:cu_seqlens[b+1] of the (total, H, D) tensors."""
+    if VARLEN:
+        row0 = tl.load(CU_SEQLENS + b).to(tl.int64)
+        len_q = (tl.load(CU_SEQLENS + b + 1) - row0).to(tl.int32)
+        len_k = len_q
+    else:
+        row0 = 0
+        len_q = T_Q
+        len_k = T_K
+    return row0, len_q, len_k
 
 
 @triton.jit
@@ -133,42 +155,45 @@ def _store_rows(ptrs, x, offs, T, EVEN: tl.constexpr):
 @triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END,
+def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END, CU_SEQLENS,
               stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
               stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
               H, T_Q, T_K, T_BUCKET, qk_scale, seed, dropout_p,
-              HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+              HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, KEY_BIAS: tl.constexpr):
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
+    row0, len_q, len_k = _sequence(CU_SEQLENS, b, T_Q, T_K, VARLEN)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    O += b * stride_ob + h * stride_oh
+    Q += b * stride_qb + h * stride_qh + row0 * stride_qt
+    K += b * stride_kb + h * stride_kh + row0 * stride_kt
+    V += b * stride_vb + h * stride_vh + row0 * stride_vt
+    O += b * stride_ob + h * stride_oh + row0 * stride_ot
 
-    q = _load_rows(Q + offs_m[:, None] * stride_qt + offs_d[None, :], offs_m, T_Q, EVEN_M)   # (M, D)
+    q = _load_rows(Q + offs_m[:, None] * stride_qt + offs_d[None, :], offs_m, len_q, EVEN_M)   # (M, D)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)     # running max of the scores (base 2)
     l_i = tl.zeros((BLOCK_M,), tl.float32)                   # running sum of exp2(s - m_i)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)          # running sum of p * z * v
     if HAS_MASK:
         key_end = tl.load(KEY_END + b)                       # one past the last real key of row b
     else:
-        key_end = T_K
+        key_end = len_k
+    if VARLEN:                                               # a block past its sequence's end: no work
+        key_end = tl.where(tl.program_id(0) * BLOCK_M < len_q, key_end, 0)
     if DROPOUT:
         rng_row = ((bh * T_Q + offs_m).to(tl.int64) * T_K)   # (M,) first Philox offset of each row
 
     for start_n in range(0, key_end, BLOCK_N):
         offs_kn = start_n + offs_n
-        k = _load_rows(K + offs_kn[:, None] * stride_kt + offs_d[None, :], offs_kn, T_K, EVEN_N)  # (N, D)
-        v = _load_rows(V + offs_kn[:, None] * stride_vt + offs_d[None, :], offs_kn, T_K, EVEN_N)  # (N, D)
+        k = _load_rows(K + offs_kn[:, None] * stride_kt + offs_d[None, :], offs_kn, len_k, EVEN_N)  # (N, D)
+        v = _load_rows(V + offs_kn[:, None] * stride_vt + offs_d[None, :], offs_kn, len_k, EVEN_N)  # (N, D)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale   # (M, N), base-2 logits
         if KEY_BIAS:
-            s += _key_bias(KEEP + b * T_K, offs_kn, T_K, HAS_MASK)[None, :]
+            s += _key_bias(KEEP + b * T_K, offs_kn, len_k, HAS_MASK)[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # every key so far padded: no NaN
         alpha = tl.math.exp2(m_i - m_use)                    # rescales what was summed so far
@@ -186,11 +211,11 @@ def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END,
     # log-sum-exp in base 2; +inf for an all-padding row so the backward's exp2(s - lse) is 0
     lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
     _store_rows(O + offs_m[:, None] * stride_ot + offs_d[None, :], out.to(O.dtype.element_ty),
-                offs_m, T_Q, EVEN_M)
+                offs_m, len_q, EVEN_M)
     if EVEN_M:
         tl.store(LSE + bh * T_Q + offs_m, lse)
     else:
-        tl.store(LSE + bh * T_Q + offs_m, lse, mask=offs_m < T_Q)
+        tl.store(LSE + bh * T_Q + offs_m, lse, mask=offs_m < len_q)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -209,38 +234,41 @@ def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END,
 @triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END,
+def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END, CU_SEQLENS,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                  stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
                  stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt,
                  H, T_Q, T_K, T_BUCKET, qk_scale, scale, seed, dropout_p,
-                 HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, KEY_BIAS: tl.constexpr):
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
+    row0, len_q, len_k = _sequence(CU_SEQLENS, b, T_Q, T_K, VARLEN)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    rows_q = offs_m[:, None]
-    q = _load_rows(Q + b * stride_qb + h * stride_qh + rows_q * stride_qt + offs_d[None, :], offs_m, T_Q, EVEN_M)
-    o = _load_rows(O + b * stride_ob + h * stride_oh + rows_q * stride_ot + offs_d[None, :], offs_m, T_Q, EVEN_M)
+    K += b * stride_kb + h * stride_kh + row0 * stride_kt
+    V += b * stride_vb + h * stride_vh + row0 * stride_vt
+    rows_q = row0 + offs_m[:, None]
+    q = _load_rows(Q + b * stride_qb + h * stride_qh + rows_q * stride_qt + offs_d[None, :], offs_m, len_q, EVEN_M)
+    o = _load_rows(O + b * stride_ob + h * stride_oh + rows_q * stride_ot + offs_d[None, :], offs_m, len_q, EVEN_M)
     do = _load_rows(DO + b * stride_dob + h * stride_doh + rows_q * stride_dot + offs_d[None, :],
-                    offs_m, T_Q, EVEN_M)
+                    offs_m, len_q, EVEN_M)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)            # (M,) D_i = rowsum(dO * O)
     if EVEN_M:
         lse = tl.load(LSE + bh * T_Q + offs_m)
         tl.store(DELTA + bh * T_Q + offs_m, delta)
     else:
-        lse = tl.load(LSE + bh * T_Q + offs_m, mask=offs_m < T_Q, other=float("inf"))
-        tl.store(DELTA + bh * T_Q + offs_m, delta, mask=offs_m < T_Q)
+        lse = tl.load(LSE + bh * T_Q + offs_m, mask=offs_m < len_q, other=float("inf"))
+        tl.store(DELTA + bh * T_Q + offs_m, delta, mask=offs_m < len_q)
     if HAS_MASK:
         key_end = tl.load(KEY_END + b)
     else:
-        key_end = T_K
+        key_end = len_k
+    if VARLEN:
+        key_end = tl.where(tl.program_id(0) * BLOCK_M < len_q, key_end, 0)
     if DROPOUT:
         rng_row = ((bh * T_Q + offs_m).to(tl.int64) * T_K)
         inv_keep = 1.0 / (1.0 - dropout_p)
@@ -248,11 +276,11 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END,
     dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
     for start_n in range(0, key_end, BLOCK_N):
         offs_kn = start_n + offs_n
-        k = _load_rows(K + offs_kn[:, None] * stride_kt + offs_d[None, :], offs_kn, T_K, EVEN_N)
-        v = _load_rows(V + offs_kn[:, None] * stride_vt + offs_d[None, :], offs_kn, T_K, EVEN_N)
+        k = _load_rows(K + offs_kn[:, None] * stride_kt + offs_d[None, :], offs_kn, len_k, EVEN_N)
+        v = _load_rows(V + offs_kn[:, None] * stride_vt + offs_d[None, :], offs_kn, len_k, EVEN_N)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale      # (M, N)
         if KEY_BIAS:
-            s += _key_bias(KEEP + b * T_K, offs_kn, T_K, HAS_MASK)[None, :]
+            s += _key_bias(KEEP + b * T_K, offs_kn, len_k, HAS_MASK)[None, :]
         p = tl.math.exp2(s - lse[:, None])                                        # (M, N)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)               # (M, N)
         if DROPOUT:
@@ -261,18 +289,18 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END,
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     dq *= scale
     _store_rows(DQ + b * stride_dqb + h * stride_dqh + rows_q * stride_dqt + offs_d[None, :],
-                dq.to(DQ.dtype.element_ty), offs_m, T_Q, EVEN_M)
+                dq.to(DQ.dtype.element_ty), offs_m, len_q, EVEN_M)
 
 
 @triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY)
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END,
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END, CU_SEQLENS,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
                    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
                    H, T_Q, T_K, T_BUCKET, qk_scale, scale, seed, dropout_p,
-                   HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, VARLEN: tl.constexpr, DROPOUT: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, KEY_BIAS: tl.constexpr):
     # Works on the transposed block S^T (keys x queries), so P^T and dS^T come out of tl.dot in
@@ -280,21 +308,22 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END,
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
+    row0, len_q, len_k = _sequence(CU_SEQLENS, b, T_Q, T_K, VARLEN)
     start_n = tl.program_id(0) * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    Q += b * stride_qb + h * stride_qh
-    DO += b * stride_dob + h * stride_doh
-    rows_k = offs_n[:, None]
-    k = _load_rows(K + b * stride_kb + h * stride_kh + rows_k * stride_kt + offs_d[None, :], offs_n, T_K, EVEN_N)
-    v = _load_rows(V + b * stride_vb + h * stride_vh + rows_k * stride_vt + offs_d[None, :], offs_n, T_K, EVEN_N)
+    Q += b * stride_qb + h * stride_qh + row0 * stride_qt
+    DO += b * stride_dob + h * stride_doh + row0 * stride_dot
+    rows_k = row0 + offs_n[:, None]
+    k = _load_rows(K + b * stride_kb + h * stride_kh + rows_k * stride_kt + offs_d[None, :], offs_n, len_k, EVEN_N)
+    v = _load_rows(V + b * stride_vb + h * stride_vh + rows_k * stride_vt + offs_d[None, :], offs_n, len_k, EVEN_N)
     if KEY_BIAS:
-        bias = _key_bias(KEEP + b * T_K, offs_n, T_K, HAS_MASK)             # (N,), the same every step
+        bias = _key_bias(KEEP + b * T_K, offs_n, len_k, HAS_MASK)           # (N,), the same every step
     if HAS_MASK:
         m_end = tl.where(start_n < tl.load(KEY_END + b), T_Q, 0)   # keys past the last real key: dK = dV = 0
     else:
-        m_end = T_Q
+        m_end = tl.where(start_n < len_k, len_q, 0)               # varlen: a key block past the sequence's end
     if DROPOUT:
         inv_keep = 1.0 / (1.0 - dropout_p)
 
@@ -302,14 +331,14 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END,
     dv = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
     for start_m in range(0, m_end, BLOCK_M):
         offs_qm = start_m + offs_m
-        q = _load_rows(Q + offs_qm[:, None] * stride_qt + offs_d[None, :], offs_qm, T_Q, EVEN_M)      # (M, D)
-        do = _load_rows(DO + offs_qm[:, None] * stride_dot + offs_d[None, :], offs_qm, T_Q, EVEN_M)   # (M, D)
+        q = _load_rows(Q + offs_qm[:, None] * stride_qt + offs_d[None, :], offs_qm, len_q, EVEN_M)    # (M, D)
+        do = _load_rows(DO + offs_qm[:, None] * stride_dot + offs_d[None, :], offs_qm, len_q, EVEN_M) # (M, D)
         if EVEN_M:
             lse = tl.load(LSE + bh * T_Q + offs_qm)
             delta = tl.load(DELTA + bh * T_Q + offs_qm)
         else:
-            lse = tl.load(LSE + bh * T_Q + offs_qm, mask=offs_qm < T_Q, other=float("inf"))
-            delta = tl.load(DELTA + bh * T_Q + offs_qm, mask=offs_qm < T_Q, other=0.0)
+            lse = tl.load(LSE + bh * T_Q + offs_qm, mask=offs_qm < len_q, other=float("inf"))
+            delta = tl.load(DELTA + bh * T_Q + offs_qm, mask=offs_qm < len_q, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale    # (N, M)
         if KEY_BIAS:
             s_t += bias[:, None]
@@ -327,9 +356,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END,
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
     dk *= scale
     _store_rows(DK + b * stride_dkb + h * stride_dkh + rows_k * stride_dkt + offs_d[None, :],
-                dk.to(DK.dtype.element_ty), offs_n, T_K, EVEN_N)
+                dk.to(DK.dtype.element_ty), offs_n, len_k, EVEN_N)
     _store_rows(DV + b * stride_dvb + h * stride_dvh + rows_k * stride_dvt + offs_d[None, :],
-                dv.to(DV.dtype.element_ty), offs_n, T_K, EVEN_N)
+                dv.to(DV.dtype.element_ty), offs_n, len_k, EVEN_N)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -397,37 +426,49 @@ def _mask_args(key_padding_mask, B, T_K, device):
     return keep, key_end
 
 
-def _forward(q, k, v, keep, key_end, has_mask, dropout_p, scale, seed):
-    B, H, T_Q, D = q.shape
-    T_K = k.shape[2]
+def _geometry(q, k, varlen):
+    """(B, H, T_Q, T_K, D, strides): the padded (B, H, T, D) layout, or, with varlen = (cu_seqlens,
+    max_seqlen), the (total, H, D) one: B = S sequences of at most max_seqlen rows, no batch stride."""
+    if varlen is None:
+        B, H, T_Q, D = q.shape
+        return B, H, T_Q, k.shape[2], D, _strides
+    cu_seqlens, max_seqlen = varlen
+    return (cu_seqlens.numel() - 1, q.shape[1], max_seqlen, max_seqlen, q.shape[2],
+            lambda x: (0, x.stride(1), x.stride(0)))
+
+
+def _forward(q, k, v, keep, key_end, has_mask, dropout_p, scale, seed, varlen=None):
+    B, H, T_Q, T_K, D, strides = _geometry(q, k, varlen)
+    cu_seqlens = varlen[0] if varlen is not None else key_end          # a dummy when not varlen
     o = torch.empty_like(q)                                   # q's layout when q is dense (e.g. a transposed view)
     lse = torch.empty((B * H, T_Q), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(T_Q, meta["BLOCK_M"]), B * H)
     with _device_guard(q):
-        _attn_fwd[grid](q, k, v, o, lse, keep, key_end,
-                        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        _attn_fwd[grid](q, k, v, o, lse, keep, key_end, cu_seqlens,
+                        *strides(q), *strides(k), *strides(v), *strides(o),
                         H, T_Q, T_K, triton.next_power_of_2(max(T_Q, T_K)), scale * LOG2E, seed, dropout_p,
-                        HEAD_DIM=D, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
+                        HEAD_DIM=D, HAS_MASK=has_mask, VARLEN=varlen is not None, DROPOUT=dropout_p > 0.0,
                         DOT_PRECISION=_dot_precision(q.dtype))
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, keep, key_end, has_mask, dropout_p, scale, seed):
-    B, H, T_Q, D = q.shape
-    T_K = k.shape[2]
+def _backward(do, q, k, v, o, lse, keep, key_end, has_mask, dropout_p, scale, seed, varlen=None):
+    B, H, T_Q, T_K, D, strides = _geometry(q, k, varlen)
+    cu_seqlens = varlen[0] if varlen is not None else key_end
     do = _last_dim_contiguous(do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)                             # (B*H, Tq) fp32, written by the dQ kernel
-    common = dict(HEAD_DIM=D, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype))
+    common = dict(HEAD_DIM=D, HAS_MASK=has_mask, VARLEN=varlen is not None, DROPOUT=dropout_p > 0.0,
+                  DOT_PRECISION=_dot_precision(q.dtype))
     t_bucket = triton.next_power_of_2(max(T_Q, T_K))
     with _device_guard(q):
         _attn_bwd_dq[lambda meta: (triton.cdiv(T_Q, meta["BLOCK_M"]), B * H)](
-            q, k, v, o, do, dq, lse, delta, keep, key_end,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+            q, k, v, o, do, dq, lse, delta, keep, key_end, cu_seqlens,
+            *strides(q), *strides(k), *strides(v), *strides(o), *strides(do), *strides(dq),
             H, T_Q, T_K, t_bucket, scale * LOG2E, scale, seed, dropout_p, **common)
         _attn_bwd_dkdv[lambda meta: (triton.cdiv(T_K, meta["BLOCK_N"]), B * H)](
-            q, k, v, do, dk, dv, lse, delta, keep, key_end,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            q, k, v, do, dk, dv, lse, delta, keep, key_end, cu_seqlens,
+            *strides(q), *strides(k), *strides(v), *strides(do), *strides(dk), *strides(dv),
             H, T_Q, T_K, t_bucket, scale * LOG2E, scale, seed, dropout_p, **common)
     return dq, dk, dv
 
@@ -446,6 +487,61 @@ class FlashAttention(torch.autograd.Function):
         q, k, v, o, lse, keep, key_end = ctx.saved_tensors
         dq, dk, dv = _backward(do, q, k, v, o, lse, keep, key_end, *ctx.args)
         return dq, dk, dv, None, None, None, None, None, None
+
+
+class FlashAttentionVarlen(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed):
+        dummy = torch.empty(1, dtype=torch.int32, device=q.device)
+        varlen = (cu_seqlens, max_seqlen)
+        o, lse = _forward(q, k, v, dummy, dummy, False, dropout_p, scale, seed, varlen)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+        ctx.args = (max_seqlen, dropout_p, scale, seed)
+        return o
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):
+        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+        max_seqlen, dropout_p, scale, seed = ctx.args
+        dummy = torch.empty(1, dtype=torch.int32, device=q.device)
+        dq, dk, dv = _backward(do, q, k, v, o, lse, dummy, dummy, False, dropout_p, scale, seed,
+                               (cu_seqlens, max_seqlen))
+        return dq, dk, dv, None, None, None, None, None
+
+
+def unsupported_varlen(q, k, v, cu_seqlens, dropout_p=0.0):
+    """None if flash_attention_varlen takes this case, else a short reason naming the limit."""
+    if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+        return f"q, k, v must all be (total, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    reason = unsupported(q[None].transpose(1, 2), k[None].transpose(1, 2), v[None].transpose(1, 2), None, dropout_p)
+    if reason is not None:
+        return reason
+    if cu_seqlens.device != q.device:
+        return f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}"
+    if (cu_seqlens.numel() - 1) * q.shape[1] > MAX_BATCH_HEADS:
+        return f"sequences * H = {(cu_seqlens.numel() - 1) * q.shape[1]} is more than {MAX_BATCH_HEADS}"
+    return None
+
+
+def flash_attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, scale=None):
+    """Attention within each sequence of a (total, H, D) layout; the kernels above with VARLEN on.
+
+    q, k, v: (total, H, D) with a contiguous last dim; cu_seqlens: (S+1,) int32 offsets of the S
+    sequences (0 first, total last); max_seqlen: the longest. One program per (query block,
+    sequence * head) reads its sequence's rows from cu_seqlens: nothing is padded or computed
+    past a sequence's end. Dropout offsets are ((s * H + h) * max_seqlen + i) * max_seqlen + j.
+    """
+    reason = unsupported_varlen(q, k, v, cu_seqlens, dropout_p)
+    if reason is not None:
+        raise ValueError(f"flash_attention_varlen cannot take this input: {reason}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.shape[0] == 0:
+        return q.clone()                                                           # no token: nothing to launch
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+    seed = _draw_seed() if dropout_p > 0.0 else 0
+    return FlashAttentionVarlen.apply(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale, seed)
 
 
 def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None):

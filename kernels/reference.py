@@ -55,3 +55,20 @@ def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, generat
     scores = q.float() @ k.float().transpose(-2, -1)              # (B, H, Tq, Tk)
     p = masked_softmax(scores, key_padding_mask, scale, dropout_p, generator)
     return (p @ v.float()).to(q.dtype)                            # (B, H, Tq, D)
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None, generator=None):
+    """Variable-length attention, one sequence at a time: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1].
+
+    q, k, v: (total, H, D), the sequences laid end to end with no padding; cu_seqlens: (S+1,) int
+    cumulative lengths starting at 0. Each query attends to the keys of its own sequence only
+    (block-diagonal attention). max_seqlen is accepted for the signature's sake and not needed.
+    Returns (total, H, D) in q's dtype.
+    """
+    bounds = cu_seqlens.tolist()
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        seq = [x[start:end].transpose(0, 1)[None] for x in (q, k, v)]            # (1, H, L, D) each
+        y = attention(*seq, dropout_p=dropout_p, scale=scale, generator=generator)
+        pieces.append(y[0].transpose(0, 1))                                       # (L, H, D)
+    return torch.cat(pieces, dim=0)                                               # (total, H, D)

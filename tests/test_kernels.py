@@ -430,14 +430,16 @@ def test_launchers_name_the_limit():
 
 # ----------------------------------------------------------------------------- end to end
 
-def test_tiny_bert_trains_identically_through_both_backends(monkeypatch):
-    """The same tiny BERT step (loss and every gradient) with the Triton kernels as with PyTorch."""
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
+def test_tiny_bert_trains_identically_through_both_backends(monkeypatch, unpad):
+    """The same tiny BERT step (loss and every gradient) with the Triton kernels as with PyTorch,
+    through the variable-length kernel (the default for a padded batch) or the padded one."""
     import bert
 
     torch.manual_seed(0)
     cfg = bert.BertConfig.from_preset("tiny", vocab_size=64, hidden_size=32, num_attention_heads=2,
                                       intermediate_size=64, hidden_dropout_prob=0.0,
-                                      attention_probs_dropout_prob=0.0)
+                                      attention_probs_dropout_prob=0.0, unpad=unpad)
     model = bert.BertForPreTraining(cfg)
     B, T = 2, 19
     ids = torch.randint(5, 64, (B, T))
@@ -456,8 +458,9 @@ def test_tiny_bert_trains_identically_through_both_backends(monkeypatch):
         return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     calls = []
-    real = kernels._triton_attention.flash_attention
-    monkeypatch.setattr(kernels._triton_attention, "flash_attention", lambda *a: calls.append(1) or real(*a))
+    name = "flash_attention_varlen" if unpad else "flash_attention"
+    real = getattr(kernels._triton_attention, name)
+    monkeypatch.setattr(kernels._triton_attention, name, lambda *a: calls.append(1) or real(*a))
     loss_torch, grads_torch = step("torch")
     assert not calls
     loss_triton, grads_triton = step("triton")
