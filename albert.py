@@ -26,6 +26,11 @@ outputs. This file depends only on torch, safetensors and `kernels`.
 Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
 as in bert.py (see its docstring): `AlbertModel.forward(input_ids, attention_mask=None,
 token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
+
+The efficient-BERT options (pre_layernorm, norm_type, use_bias, ffn_type) and the `crammed` presets
+are bert.py's (see its docstring), written here for ALBERT's own layer: with pre_layernorm,
+`attention.LayerNorm` and `full_layer_layer_norm` normalise their sublayer's input, and
+`encoder.final_layer_norm` follows the last step.
 """
 import json
 import os
@@ -47,6 +52,14 @@ DEFAULT_OBJECTIVE = "mlm+sop"         # train.py --objective; PRETRAINING_CLASSE
 
 
 # ----------------------------------------------------------------------------- config
+
+# Copied from bert.OPTION_VALUES
+OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
+                 "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
+# Copied from bert.CRAMMED
+CRAMMED = dict(pre_layernorm=True, norm_type="layernorm", use_bias=False, ffn_type="geglu",
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
 
 @dataclass
 class AlbertConfig:
@@ -71,6 +84,11 @@ class AlbertConfig:
     classifier_dropout_prob: Optional[float] = 0.1   # SOP and classifier heads; None = hidden_dropout_prob
     num_labels: int = 2                           # for AlbertForSequenceClassification; 1 = regression
     unpad: bool = True                            # run padded batches on their real tokens only
+    # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
+    pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
+    norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
+    use_bias: bool = True                         # biases in the layers' linear maps and norms
+    ffn_type: str = "mlp"                         # "mlp" | "geglu"
 
     model_type: ClassVar[str] = "albert"
     # The published sizes (Table 1 of the paper, heads and FFN from the released configs), all with E = 128.
@@ -82,6 +100,12 @@ class AlbertConfig:
         "large":   dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
         "xlarge":  dict(num_hidden_layers=24, hidden_size=2048, num_attention_heads=16, intermediate_size=8192),
         "xxlarge": dict(num_hidden_layers=12, hidden_size=4096, num_attention_heads=64, intermediate_size=16384),
+        # Cramming's architecture (Geiping & Goldstein 2022) on ALBERT-base's sizes (E = 128, one shared
+        # layer, gelu_new as the gate's GELU); see bert.py's PRESETS. ALBERT v2 has no dropout anyway.
+        "crammed":      dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=1536,
+                             **CRAMMED),
+        "crammed-tiny": dict(num_hidden_layers=2,  hidden_size=128, num_attention_heads=2,  intermediate_size=256,
+                             **CRAMMED),
     }
 
     def __post_init__(self):
@@ -93,6 +117,9 @@ class AlbertConfig:
                              f"= {self.num_hidden_layers}]: a group that no layer uses is never trained")
         if self.inner_group_num < 1:
             raise ValueError(f"inner_group_num {self.inner_group_num} must be at least 1")
+        for name, allowed in OPTION_VALUES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(map(repr, allowed))}")
 
     # Copied from bert.BertConfig.from_preset
     @classmethod
@@ -133,7 +160,16 @@ class AlbertConfig:
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
         del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
+        for name, values in OPTION_VALUES.items():
+            if d[name] == values[0]:    # a published architecture's config.json stays as transformers writes it
+                del d[name]
         return d
+
+    # Copied from bert.BertConfig.hf_incompatible
+    def hf_incompatible(self):
+        """The options set here that transformers' classes cannot express, as 'name=value' strings."""
+        return [f"{name}={getattr(self, name)!r}" for name, values in OPTION_VALUES.items()
+                if getattr(self, name) != values[0]]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -161,6 +197,14 @@ def _mlm_loss(logits, labels, metrics):
 ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# Copied from bert.make_norm
+def make_norm(config, size, bias=True):
+    """The norm over the last dim, of `size` features: LayerNorm, or RMSNorm (a weight, no bias)."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps, bias=bias)
 
 
 # Copied from bert.Unpadded
@@ -208,7 +252,7 @@ class AlbertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_size)
-        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.embedding_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
@@ -242,17 +286,21 @@ class AlbertAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.dropout_p = config.attention_probs_dropout_prob
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, x, attention_mask=None):
         """x (B, T, H) with attention_mask (B, T) or None; or x (total, H) with an Unpadded layout."""
         p = self.dropout_p if self.training else 0.0
+        residual = x
+        if self.pre_layernorm:                                                        # pre-LN: attend to LN(x)
+            x = self.LayerNorm(x)
         if isinstance(attention_mask, Unpadded):
             N, H = x.shape
             q = self.query(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
@@ -267,27 +315,39 @@ class AlbertAttention(nn.Module):
             v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
             y = attention(q, k, v, key_padding_mask=attention_mask, dropout_p=p)         # (B, nh, T, hd)
             y = y.transpose(1, 2).reshape(B, T, H)                                        # (B, T, H)
-        return self.LayerNorm(x + self.output_dropout(self.dense(y)))                     # (B, T, H), post-LN
+        x = residual + self.output_dropout(self.dense(y))                                 # (B, T, H)
+        return x if self.pre_layernorm else self.LayerNorm(x)                             # post-LN: LN(x + Attn(x))
 
 
 class AlbertLayer(nn.Module):
-    """One post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+    """One post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)). With pre_layernorm:
+    x = x + Attn(LN(x)); x = x + FFN(LN(x)). With ffn_type "geglu", `ffn` is 2 x intermediate_size wide
+    and the FFN is act(x W_a) * (x W_b), then `ffn_output`."""
 
     def __init__(self, config):
         super().__init__()
         self.attention = AlbertAttention(config)
-        self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gated = config.ffn_type == "geglu"
+        width = 2 * config.intermediate_size if self.gated else config.intermediate_size
+        self.ffn = nn.Linear(config.hidden_size, width, bias=config.use_bias)
         self.activation = ACT2FN[config.hidden_act]
-        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
         # transformers defines this dropout but does not apply it; the original TensorFlow code does
         # (it only matters with hidden_dropout_prob > 0, i.e. not for the v2 models)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.full_layer_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.full_layer_layer_norm = make_norm(config, config.hidden_size, bias=config.use_bias)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, x, attention_mask=None):
         x = self.attention(x, attention_mask)                                   # (B, T, H)
-        h = self.ffn_output(self.activation(self.ffn(x)))                       # (B, T, I) -> (B, T, H)
-        return self.full_layer_layer_norm(x + self.dropout(h))                 # (B, T, H)
+        h = self.full_layer_layer_norm(x) if self.pre_layernorm else x        # pre-LN: the FFN reads LN(x)
+        if self.gated:
+            a, b = self.ffn(h).chunk(2, dim=-1)                                 # (B, T, I) each
+            h = self.activation(a) * b                                          # (B, T, I)
+        else:
+            h = self.activation(self.ffn(h))                                    # (B, T, I)
+        x = x + self.dropout(self.ffn_output(h))                                # (B, T, H)
+        return x if self.pre_layernorm else self.full_layer_layer_norm(x)     # post-LN: LN(x + FFN(x))
 
 
 class AlbertLayerGroup(nn.Module):
@@ -311,6 +371,9 @@ class AlbertTransformer(nn.Module):
         self.num_hidden_layers = config.num_hidden_layers
         self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
         self.albert_layer_groups = nn.ModuleList([AlbertLayerGroup(config) for _ in range(config.num_hidden_groups)])
+        # pre-LN leaves the residual stream unnormalised: one norm after the last step, for the heads
+        self.final_layer_norm = (make_norm(config, config.hidden_size, bias=config.use_bias)
+                                 if config.pre_layernorm else None)
 
     def group_index(self, i):
         """The group step i uses: the steps are split into num_hidden_groups equal runs, as transformers does."""
@@ -320,6 +383,8 @@ class AlbertTransformer(nn.Module):
         x = self.embedding_hidden_mapping_in(x)                                 # (B, T, E) -> (B, T, H)
         for i in range(self.num_hidden_layers):
             x = self.albert_layer_groups[self.group_index(i)](x, attention_mask)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
 
 
@@ -341,7 +406,7 @@ class AlbertMLMHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.embedding_size)
         self.activation = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.embedding_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x, word_embeddings):
@@ -451,9 +516,10 @@ class AlbertPreTrainedModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None:
                 module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:                     # RMSNorm and bias=False have none
+                nn.init.zeros_(module.bias)
 
     def num_parameters(self, exclude_embeddings=False):
         n = sum(p.numel() for p in self.parameters())
@@ -461,11 +527,28 @@ class AlbertPreTrainedModel(nn.Module):
             n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
         return n
 
+    def check_hf_compatible(self):
+        """Raise a ValueError naming the config options that transformers' class of this name cannot express."""
+        options = self.config.hf_incompatible()
+        if options:
+            raise ValueError(f"{', '.join(options)} cannot be expressed in transformers' {type(self).__name__}: "
+                             "save_pretrained writes a checkpoint that only our from_pretrained loads")
+
     def save_pretrained(self, path):
+        """config.json + model.safetensors. A config with an efficient-BERT option (pre_layernorm, ...)
+        is saved too, marked "transformers_compatible": false, and said once per model."""
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        options = self.config.hf_incompatible()
+        if options:
+            config["transformers_compatible"] = False
+            if not getattr(self, "_said_hf_incompatible", False):
+                print(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
+                      f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
+                      '(config.json says "transformers_compatible": false)')
+                self._said_hf_incompatible = True
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
         _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))

@@ -31,6 +31,18 @@ position_ids=None, document_ids=None)`:
                   so each document gets the outputs it would get alone. E.g. [[0, 0, 0, 1, 1, 2]].
 The unpadded path finds the real tokens with nonzero() and reads max_seqlen with .item(): under
 torch.compile that is a graph break at the gather (the layers themselves compile).
+
+Options from the efficient-BERT literature (config fields, all off in the published presets, which
+`transformers` loads; the `crammed` presets turn them on, see PRESETS):
+  pre_layernorm   x = x + Attn(LN(x)); x = x + FFN(LN(x)), and one more norm after the last layer
+                  (Xiong et al. 2020). The norms keep their names (`attention.output.LayerNorm` is the
+                  norm of the attention sublayer), they only move before it. Trains stably at higher LR.
+  norm_type       "rmsnorm": every norm is x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019).
+  use_bias        False: no bias in the layers' linear maps (q, k, v, attention output, FFN) nor norms.
+  ffn_type        "geglu": act(x W_a) * (x W_b), then the down projection (Shazeer 2020, "GLU
+                  Variants"); the up projection is 2 x intermediate_size wide.
+A checkpoint that uses any of them is saved as usual (our from_pretrained reads it back), with
+`"transformers_compatible": false` in config.json: transformers' classes cannot express it.
 """
 import json
 import os
@@ -53,6 +65,15 @@ DEFAULT_OBJECTIVE = "mlm+nsp"         # train.py --objective; PRETRAINING_CLASSE
 
 # ----------------------------------------------------------------------------- config
 
+# The efficient-BERT options (the config's last four fields) and their values; the first is the
+# published architecture's, the only one transformers can express.
+OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
+                 "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
+# What the `crammed` presets set on top of their sizes (Cramming kept LayerNorm: RMSNorm did not help)
+CRAMMED = dict(pre_layernorm=True, norm_type="layernorm", use_bias=False, ffn_type="geglu",
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
 @dataclass
 class BertConfig:
     vocab_size: int = 30522
@@ -71,6 +92,11 @@ class BertConfig:
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for BertForSequenceClassification; 1 = regression
     unpad: bool = True                            # run padded batches on their real tokens only (see above)
+    # efficient-BERT options (module docstring); the defaults are the published architecture
+    pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
+    norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
+    use_bias: bool = True                         # biases in the layers' linear maps and norms
+    ffn_type: str = "mlp"                         # "mlp" | "geglu"
 
     model_type: ClassVar[str] = "bert"
     # (layers, hidden) of the published checkpoints; heads = hidden / 64, FFN = 4 * hidden
@@ -81,12 +107,25 @@ class BertConfig:
         "medium": dict(num_hidden_layers=8,  hidden_size=512,  num_attention_heads=8,  intermediate_size=2048),
         "base":   dict(num_hidden_layers=12, hidden_size=768,  num_attention_heads=12, intermediate_size=3072),
         "large":  dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
+        # Geiping & Goldstein, "Cramming: Training a Language Model on a Single GPU in One Day", 2022
+        # (arXiv 2212.14034), what they kept: pre-LN with a final norm, LayerNorm (RMSNorm gave no gain),
+        # no bias in the linear layers, a gated GELU FFN whose up projection keeps BERT's 3072 width
+        # (so 1536 gated units here: they did not add parameters for the gate), no dropout in
+        # pretraining. Not options here: their scaled sinusoidal positions, the MLM head without its
+        # dense transform, and dropping NSP (use --objective mlm). `crammed-tiny` is the CPU-sized twin.
+        "crammed":      dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=1536,
+                             **CRAMMED),
+        "crammed-tiny": dict(num_hidden_layers=2,  hidden_size=128, num_attention_heads=2,  intermediate_size=256,
+                             **CRAMMED),
     }
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")
+        for name, allowed in OPTION_VALUES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(map(repr, allowed))}")
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -124,7 +163,15 @@ class BertConfig:
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
         del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
+        for name, values in OPTION_VALUES.items():
+            if d[name] == values[0]:    # a published architecture's config.json stays as transformers writes it
+                del d[name]
         return d
+
+    def hf_incompatible(self):
+        """The options set here that transformers' classes cannot express, as 'name=value' strings."""
+        return [f"{name}={getattr(self, name)!r}" for name, values in OPTION_VALUES.items()
+                if getattr(self, name) != values[0]]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -149,6 +196,13 @@ def _mlm_loss(logits, labels, metrics):
 ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def make_norm(config, size, bias=True):
+    """The norm over the last dim, of `size` features: LayerNorm, or RMSNorm (a weight, no bias)."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps, bias=bias)
 
 
 class Unpadded(NamedTuple):
@@ -192,7 +246,7 @@ class BertEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
@@ -224,9 +278,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask=None):
@@ -248,13 +302,19 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
+    """Output projection + residual, and the attention sublayer's norm: after the sum (post-LN), or
+    applied by BertAttention to the sublayer's input (pre-LN)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, h, x):
+        if self.pre_layernorm:
+            return x + self.dropout(self.dense(h))                              # (B, T, H), pre-LN
         return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
 
 
@@ -265,28 +325,42 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(self, x, attention_mask=None):
-        return self.output(self.self(x, attention_mask), x)                    # (B, T, H)
+        h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: attend to LN(x)
+        return self.output(self.self(h, attention_mask), x)                    # (B, T, H)
 
 
 class BertIntermediate(nn.Module):
+    """The FFN's up projection: act(x W), or with ffn_type "geglu" act(x W_a) * (x W_b), W_a and W_b
+    stacked in one `dense` of 2 x intermediate_size outputs (one matmul)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gated = config.ffn_type == "geglu"
+        width = 2 * config.intermediate_size if self.gated else config.intermediate_size
+        self.dense = nn.Linear(config.hidden_size, width, bias=config.use_bias)
         self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x):
-        return self.act(self.dense(x))                                          # (B, T, 4H)
+        if self.gated:
+            a, b = self.dense(x).chunk(2, dim=-1)                               # (B, T, I) each
+            return self.act(a) * b                                              # (B, T, I)
+        return self.act(self.dense(x))                                          # (B, T, I)
 
 
 class BertOutput(nn.Module):
+    """The FFN's down projection + residual, and the FFN sublayer's norm (placed as in BertSelfOutput)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, h, x):
-        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H)
+        if self.pre_layernorm:
+            return x + self.dropout(self.dense(h))                              # (B, T, H), pre-LN
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
 
 
 class BertLayer(nn.Module):
@@ -298,17 +372,23 @@ class BertLayer(nn.Module):
 
     def forward(self, x, attention_mask=None):
         x = self.attention(x, attention_mask)                                   # (B, T, H)
-        return self.output(self.intermediate(x), x)                            # (B, T, H)
+        h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: the FFN reads LN(x)
+        return self.output(self.intermediate(h), x)                            # (B, T, H)
 
 
 class BertEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+        # pre-LN leaves the residual stream unnormalised: one norm after the last layer, for the heads
+        self.final_layer_norm = (make_norm(config, config.hidden_size, bias=config.use_bias)
+                                 if config.pre_layernorm else None)
 
     def forward(self, x, attention_mask=None):
         for layer in self.layer:
             x = layer(x, attention_mask)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
 
 
@@ -326,7 +406,7 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.hidden_size)
 
     def forward(self, x):
         return self.LayerNorm(self.act(self.dense(x)))                         # (..., H)
@@ -444,9 +524,10 @@ class BertPreTrainedModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None:
                 module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:                     # RMSNorm and bias=False have none
+                nn.init.zeros_(module.bias)
 
     def num_parameters(self, exclude_embeddings=False):
         n = sum(p.numel() for p in self.parameters())
@@ -454,11 +535,28 @@ class BertPreTrainedModel(nn.Module):
             n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
         return n
 
+    def check_hf_compatible(self):
+        """Raise a ValueError naming the config options that transformers' class of this name cannot express."""
+        options = self.config.hf_incompatible()
+        if options:
+            raise ValueError(f"{', '.join(options)} cannot be expressed in transformers' {type(self).__name__}: "
+                             "save_pretrained writes a checkpoint that only our from_pretrained loads")
+
     def save_pretrained(self, path):
+        """config.json + model.safetensors. A config with an efficient-BERT option (pre_layernorm, ...)
+        is saved too, marked "transformers_compatible": false, and said once per model."""
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        options = self.config.hf_incompatible()
+        if options:
+            config["transformers_compatible"] = False
+            if not getattr(self, "_said_hf_incompatible", False):
+                print(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
+                      f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
+                      '(config.json says "transformers_compatible": false)')
+                self._said_hf_incompatible = True
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
         _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))

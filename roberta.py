@@ -29,6 +29,9 @@ Padded batches run on their real tokens only and `document_ids` packs several do
 as in bert.py (see its docstring): `RobertaModel.forward(input_ids, attention_mask=None,
 token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
 Packed, each document's positions restart at padding_idx + 1.
+
+The efficient-BERT options (pre_layernorm, norm_type, use_bias, ffn_type) and the `crammed` presets
+are bert.py's (see its docstring); norm_type also reaches the embeddings' and lm_head's norms.
 """
 import json
 import os
@@ -53,6 +56,14 @@ POSITION_OFFSET = 2                   # positions 0..padding_idx never hold a to
 
 # ----------------------------------------------------------------------------- config
 
+# Copied from bert.OPTION_VALUES
+OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
+                 "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
+# Copied from bert.CRAMMED
+CRAMMED = dict(pre_layernorm=True, norm_type="layernorm", use_bias=False, ffn_type="geglu",
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
 @dataclass
 class RobertaConfig:
     vocab_size: int = 50265
@@ -71,6 +82,11 @@ class RobertaConfig:
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for RobertaForSequenceClassification; 1 = regression
     unpad: bool = True                            # run padded batches on their real tokens only
+    # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
+    pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
+    norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
+    use_bias: bool = True                         # biases in the layers' linear maps and norms
+    ffn_type: str = "mlp"                         # "mlp" | "geglu"
 
     model_type: ClassVar[str] = "roberta"
     # base and large as published; tiny and mini are CPU-sized, named as BERT's
@@ -79,6 +95,11 @@ class RobertaConfig:
         "mini":   dict(num_hidden_layers=4,  hidden_size=256,  num_attention_heads=4,  intermediate_size=1024),
         "base":   dict(num_hidden_layers=12, hidden_size=768,  num_attention_heads=12, intermediate_size=3072),
         "large":  dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
+        # Cramming's architecture (Geiping & Goldstein 2022) at RoBERTa's base sizes; see bert.py's PRESETS
+        "crammed":      dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=1536,
+                             **CRAMMED),
+        "crammed-tiny": dict(num_hidden_layers=2,  hidden_size=128, num_attention_heads=2,  intermediate_size=256,
+                             **CRAMMED),
     }
 
     # Copied from bert.BertConfig.__post_init__
@@ -86,6 +107,9 @@ class RobertaConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")
+        for name, allowed in OPTION_VALUES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(map(repr, allowed))}")
 
     # Copied from bert.BertConfig.from_preset
     @classmethod
@@ -126,7 +150,16 @@ class RobertaConfig:
         d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         del d["num_labels"]
         del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
+        for name, values in OPTION_VALUES.items():
+            if d[name] == values[0]:    # a published architecture's config.json stays as transformers writes it
+                del d[name]
         return d
+
+    # Copied from bert.BertConfig.hf_incompatible
+    def hf_incompatible(self):
+        """The options set here that transformers' classes cannot express, as 'name=value' strings."""
+        return [f"{name}={getattr(self, name)!r}" for name, values in OPTION_VALUES.items()
+                if getattr(self, name) != values[0]]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -154,6 +187,14 @@ def _mlm_loss(logits, labels, metrics):
 ACT2FN = {"gelu": F.gelu, "relu": F.relu,
           "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+# Copied from bert.make_norm
+def make_norm(config, size, bias=True):
+    """The norm over the last dim, of `size` features: LayerNorm, or RMSNorm (a weight, no bias)."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(size, eps=config.layer_norm_eps, bias=bias)
 
 
 # Copied from bert.Unpadded
@@ -204,7 +245,7 @@ class RobertaEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
                                                 padding_idx=config.pad_token_id)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = make_norm(config, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None):
@@ -239,9 +280,9 @@ class RobertaSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, attention_mask=None):
@@ -264,13 +305,19 @@ class RobertaSelfAttention(nn.Module):
 
 # Copied from bert.BertSelfOutput with Bert->Roberta
 class RobertaSelfOutput(nn.Module):
+    """Output projection + residual, and the attention sublayer's norm: after the sum (post-LN), or
+    applied by RobertaAttention to the sublayer's input (pre-LN)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
+        self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, h, x):
+        if self.pre_layernorm:
+            return x + self.dropout(self.dense(h))                              # (B, T, H), pre-LN
         return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
 
 
@@ -282,30 +329,44 @@ class RobertaAttention(nn.Module):
         self.output = RobertaSelfOutput(config)
 
     def forward(self, x, attention_mask=None):
-        return self.output(self.self(x, attention_mask), x)                    # (B, T, H)
+        h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: attend to LN(x)
+        return self.output(self.self(h, attention_mask), x)                    # (B, T, H)
 
 
 # Copied from bert.BertIntermediate with Bert->Roberta
 class RobertaIntermediate(nn.Module):
+    """The FFN's up projection: act(x W), or with ffn_type "geglu" act(x W_a) * (x W_b), W_a and W_b
+    stacked in one `dense` of 2 x intermediate_size outputs (one matmul)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gated = config.ffn_type == "geglu"
+        width = 2 * config.intermediate_size if self.gated else config.intermediate_size
+        self.dense = nn.Linear(config.hidden_size, width, bias=config.use_bias)
         self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x):
-        return self.act(self.dense(x))                                          # (B, T, 4H)
+        if self.gated:
+            a, b = self.dense(x).chunk(2, dim=-1)                               # (B, T, I) each
+            return self.act(a) * b                                              # (B, T, I)
+        return self.act(self.dense(x))                                          # (B, T, I)
 
 
 # Copied from bert.BertOutput with Bert->Roberta
 class RobertaOutput(nn.Module):
+    """The FFN's down projection + residual, and the FFN sublayer's norm (placed as in RobertaSelfOutput)."""
+
     def __init__(self, config):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layernorm = config.pre_layernorm
 
     def forward(self, h, x):
-        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H)
+        if self.pre_layernorm:
+            return x + self.dropout(self.dense(h))                              # (B, T, H), pre-LN
+        return self.LayerNorm(x + self.dropout(self.dense(h)))                  # (B, T, H), post-LN
 
 
 # Copied from bert.BertLayer with Bert->Roberta
@@ -318,7 +379,8 @@ class RobertaLayer(nn.Module):
 
     def forward(self, x, attention_mask=None):
         x = self.attention(x, attention_mask)                                   # (B, T, H)
-        return self.output(self.intermediate(x), x)                            # (B, T, H)
+        h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: the FFN reads LN(x)
+        return self.output(self.intermediate(h), x)                            # (B, T, H)
 
 
 # Copied from bert.BertEncoder with Bert->Roberta
@@ -326,10 +388,15 @@ class RobertaEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layer = nn.ModuleList([RobertaLayer(config) for _ in range(config.num_hidden_layers)])
+        # pre-LN leaves the residual stream unnormalised: one norm after the last layer, for the heads
+        self.final_layer_norm = (make_norm(config, config.hidden_size, bias=config.use_bias)
+                                 if config.pre_layernorm else None)
 
     def forward(self, x, attention_mask=None):
         for layer in self.layer:
             x = layer(x, attention_mask)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
 
 
@@ -349,7 +416,7 @@ class RobertaLMHead(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm = make_norm(config, config.hidden_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x, word_embeddings):
@@ -462,9 +529,10 @@ class RobertaPreTrainedModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.padding_idx is not None:
                 module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:                     # RMSNorm and bias=False have none
+                nn.init.zeros_(module.bias)
 
     # Copied from bert.BertPreTrainedModel.num_parameters
     def num_parameters(self, exclude_embeddings=False):
@@ -473,12 +541,30 @@ class RobertaPreTrainedModel(nn.Module):
             n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
         return n
 
+    # Copied from bert.BertPreTrainedModel.check_hf_compatible
+    def check_hf_compatible(self):
+        """Raise a ValueError naming the config options that transformers' class of this name cannot express."""
+        options = self.config.hf_incompatible()
+        if options:
+            raise ValueError(f"{', '.join(options)} cannot be expressed in transformers' {type(self).__name__}: "
+                             "save_pretrained writes a checkpoint that only our from_pretrained loads")
+
     # Copied from bert.BertPreTrainedModel.save_pretrained
     def save_pretrained(self, path):
+        """config.json + model.safetensors. A config with an efficient-BERT option (pre_layernorm, ...)
+        is saved too, marked "transformers_compatible": false, and said once per model."""
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
+        options = self.config.hf_incompatible()
+        if options:
+            config["transformers_compatible"] = False
+            if not getattr(self, "_said_hf_incompatible", False):
+                print(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
+                      f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
+                      '(config.json says "transformers_compatible": false)')
+                self._said_hf_incompatible = True
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
         _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))

@@ -28,7 +28,8 @@ def batch(B=3, seed=0):
 
 def test_presets_and_config_errors():
     sizes = {n: (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"])
-             for n, c in AlbertConfig.PRESETS.items()}
+             for n, c in AlbertConfig.PRESETS.items()
+             if not n.startswith("crammed")}   # tests/test_crammed.py checks those
     assert sizes == {"tiny": (2, 128, 2), "mini": (4, 256, 4), "base": (12, 768, 12), "large": (24, 1024, 16),
                      "xlarge": (24, 2048, 16), "xxlarge": (12, 4096, 64)}
     for name in AlbertConfig.PRESETS:

@@ -34,7 +34,8 @@ def batch(B=3, seed=0):
 
 def test_presets_and_config():
     sizes = {n: (c["num_hidden_layers"], c["hidden_size"], c["embedding_size"], c["num_attention_heads"],
-                 c["intermediate_size"]) for n, c in ElectraConfig.PRESETS.items()}
+                 c["intermediate_size"]) for n, c in ElectraConfig.PRESETS.items()
+             if not n.startswith("crammed")}   # tests/test_crammed.py checks those
     assert sizes == {"tiny": (2, 128, 128, 2, 512), "mini": (4, 256, 128, 4, 1024),
                      "small": (12, 256, 128, 4, 1024), "base": (12, 768, 768, 12, 3072),
                      "large": (24, 1024, 1024, 16, 4096)}

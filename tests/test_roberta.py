@@ -25,7 +25,8 @@ def batch(B=3, seed=0):
 
 def test_presets_and_config():
     sizes = {n: (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["intermediate_size"])
-             for n, c in RobertaConfig.PRESETS.items()}
+             for n, c in RobertaConfig.PRESETS.items()
+             if not n.startswith("crammed")}   # tests/test_crammed.py checks those
     assert sizes == {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024),
                      "base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}
     c = RobertaConfig()                                            # roberta-base's config.json
