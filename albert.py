@@ -642,7 +642,9 @@ class AlbertModel(AlbertPreTrainedModel):
         """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-        if document_ids is None and (attention_mask is None or not self.config.unpad or bool(attention_mask.all())):
+        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
+        dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
+        if document_ids is None and (dense or bool(attention_mask.all())):
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
             return self.encoder(x, attention_mask)                              # (B, T, H)
         # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back

@@ -221,7 +221,7 @@ def _rtd_loss(logits, is_replaced, attention_mask, metrics):
 def gumbel_sample(logits, generator=None):
     """One id per row, drawn from softmax(logits) by the Gumbel-max trick; float32, no gradient. (N, V) -> (N,)"""
     logits = logits.detach().float()
-    u = torch.rand(logits.shape, generator=generator, device=logits.device)      # (N, V) uniform in [0, 1)
+    u = torch.empty_like(logits).uniform_(generator=generator)                   # (N, V) uniform in [0, 1)
     gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)                             # (N, V) Gumbel(0, 1) noise
     return (logits + gumbel).argmax(-1)                                          # (N,)
 
@@ -712,7 +712,9 @@ class ElectraModel(ElectraPreTrainedModel):
         """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-        if document_ids is None and (attention_mask is None or not self.config.unpad or bool(attention_mask.all())):
+        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
+        dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
+        if document_ids is None and (dense or bool(attention_mask.all())):
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
             if self.embeddings_project is not None:
                 x = self.embeddings_project(x)                                 # (B, T, H)

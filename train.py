@@ -504,7 +504,8 @@ def main(argv=None):
     if world > 1:          # DDP averages the gradients across processes during the last micro-step's backward
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = ddp or model
-    if args.compile:
+    if args.compile:            # the MLM head gathers the masked positions: a size known only at run time
+        torch._dynamo.config.capture_dynamic_output_shape_ops = True
         train_model = torch.compile(train_model)
 
     metrics_path = run_dir / "metrics.jsonl"

@@ -15,6 +15,11 @@ Triton (by argument or by the environment) that cannot run is an error that says
 auto, a case the kernel does not take (e.g. an odd head dim) falls back to PyTorch and warns
 once.
 
+torch.compile: the PyTorch path (SDPA) compiles natively; the Triton path is four custom ops,
+bertfamily::flash_attention_fwd / _bwd and bertfamily::flash_attention_varlen_fwd / _bwd
+(kernels/attention.py), each one opaque node with a fake implementation and a registered backward,
+so a compiled model neither breaks its graph at attention nor traces into Triton.
+
 Mask convention: key_padding_mask is (B, T), bool or 0/1, True = a real token. A query whose
 keys are all padding gets a zero output and zero gradients, never NaN.
 

@@ -391,11 +391,6 @@ def unsupported(q, k, v, key_padding_mask=None, dropout_p=0.0):
     return None
 
 
-def _draw_seed():
-    """A Philox seed from torch's default CPU generator: torch.manual_seed makes dropout reproducible."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-
 def _dot_precision(dtype):
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
@@ -441,7 +436,9 @@ def _forward(q, k, v, keep, key_end, has_mask, dropout_p, scale, seed, varlen=No
     B, H, T_Q, T_K, D, strides = _geometry(q, k, varlen)
     cu_seqlens = varlen[0] if varlen is not None else key_end          # a dummy when not varlen
     o = torch.empty_like(q)                                   # q's layout when q is dense (e.g. a transposed view)
-    lse = torch.empty((B * H, T_Q), device=q.device, dtype=torch.float32)
+    # varlen: the slots past a shorter sequence's end are never written; zero them so that the
+    # output is a pure function of the inputs (what a custom op promises; opcheck compares them)
+    lse = (torch.empty if varlen is None else torch.zeros)((B * H, T_Q), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(T_Q, meta["BLOCK_M"]), B * H)
     with _device_guard(q):
         _attn_fwd[grid](q, k, v, o, lse, keep, key_end, cu_seqlens,
@@ -473,41 +470,113 @@ def _backward(do, q, k, v, o, lse, keep, key_end, has_mask, dropout_p, scale, se
     return dq, dk, dv
 
 
-class FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, keep, key_end, has_mask, dropout_p, scale, seed):
-        o, lse = _forward(q, k, v, keep, key_end, has_mask, dropout_p, scale, seed)
-        ctx.save_for_backward(q, k, v, o, lse, keep, key_end)
-        ctx.args = (has_mask, dropout_p, scale, seed)
-        return o
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, keep, key_end = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, keep, key_end, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
+# -------------------------------------------------------------------------------------------------
+# Custom ops: what autograd and torch.compile see. Each launcher is one opaque operator
+# (torch.library.custom_op) with a fake implementation that gives the output shapes, strides and
+# dtypes without running anything, and a backward registered as another operator, so a compiled
+# model holds one node per attention call: no graph break, no tracing into Triton. Every argument
+# that changes the result is an input, the dropout seed included (a (1,) int64 CPU tensor, read
+# with .item() inside the operator only), so the operators are pure functions of their inputs.
+# -------------------------------------------------------------------------------------------------
+def _no_seed():
+    return torch.zeros(1, dtype=torch.int64)
 
 
-class FlashAttentionVarlen(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed):
-        dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-        varlen = (cu_seqlens, max_seqlen)
-        o, lse = _forward(q, k, v, dummy, dummy, False, dropout_p, scale, seed, varlen)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.args = (max_seqlen, dropout_p, scale, seed)
-        return o
+def _draw_seed():
+    """A (1,) int64 Philox seed from torch's default CPU generator: torch.manual_seed makes dropout
+    reproducible. A tensor, not an int: under torch.compile the draw stays in the graph."""
+    return torch.randint(0, 2**31 - 1, (1,))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
-        max_seqlen, dropout_p, scale, seed = ctx.args
-        dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-        dq, dk, dv = _backward(do, q, k, v, o, lse, dummy, dummy, False, dropout_p, scale, seed,
-                               (cu_seqlens, max_seqlen))
-        return dq, dk, dv, None, None, None, None, None
+
+@torch.library.custom_op("bertfamily::flash_attention_fwd", mutates_args=())
+def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, key_end: torch.Tensor,
+                  has_mask: bool, dropout_p: float, scale: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, Tq, D) in q's layout, lse (B*H, Tq) fp32)."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    return _forward(q, k, v, keep, key_end, has_mask, dropout_p, scale, int(seed.item()))
+
+
+@_flash_fwd_op.register_fake
+def _(q, k, v, keep, key_end, has_mask, dropout_p, scale, seed):
+    B, H, T_Q, _ = q.shape
+    return torch.empty_like(_last_dim_contiguous(q)), q.new_empty((B * H, T_Q), dtype=torch.float32)
+
+
+@torch.library.custom_op("bertfamily::flash_attention_bwd", mutates_args=())
+def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                  lse: torch.Tensor, keep: torch.Tensor, key_end: torch.Tensor, has_mask: bool, dropout_p: float,
+                  scale: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    return _backward(do, q, k, v, o, lse, keep, key_end, has_mask, dropout_p, scale, int(seed.item()))
+
+
+@_flash_bwd_op.register_fake
+def _(do, q, k, v, o, lse, keep, key_end, has_mask, dropout_p, scale, seed):
+    return tuple(torch.empty_like(_last_dim_contiguous(x)) for x in (q, k, v))
+
+
+def _flash_setup(ctx, inputs, output):
+    q, k, v, keep, key_end, has_mask, dropout_p, scale, seed = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, keep, key_end, seed)
+    ctx.args = (has_mask, dropout_p, scale)
+
+
+def _flash_grad(ctx, do, _dlse):
+    q, k, v, o, lse, keep, key_end, seed = ctx.saved_tensors
+    dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, keep, key_end, *ctx.args, seed)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_flash_fwd_op.register_autograd(_flash_grad, setup_context=_flash_setup)
+
+
+@torch.library.custom_op("bertfamily::flash_attention_varlen_fwd", mutates_args=())
+def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                   dropout_p: float, scale: float, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (total, H, D) in q's layout, lse (S*H, max_seqlen) fp32); cu_seqlens (S+1,) int32."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
+    return _forward(q, k, v, dummy, dummy, False, dropout_p, scale, int(seed.item()), (cu_seqlens, max_seqlen))
+
+
+@_varlen_fwd_op.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed):
+    S = cu_seqlens.shape[0] - 1
+    return torch.empty_like(_last_dim_contiguous(q)), q.new_empty((S * q.shape[1], max_seqlen), dtype=torch.float32)
+
+
+@torch.library.custom_op("bertfamily::flash_attention_varlen_bwd", mutates_args=())
+def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                   lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, dropout_p: float, scale: float,
+                   seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
+    return _backward(do, q, k, v, o, lse, dummy, dummy, False, dropout_p, scale, int(seed.item()),
+                     (cu_seqlens, max_seqlen))
+
+
+@_varlen_bwd_op.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens, max_seqlen, dropout_p, scale, seed):
+    return tuple(torch.empty_like(_last_dim_contiguous(x)) for x in (q, k, v))
+
+
+def _varlen_setup(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, seed)
+    ctx.args = (max_seqlen, dropout_p, scale)
+
+
+def _varlen_grad(ctx, do, _dlse):
+    q, k, v, o, lse, cu_seqlens, seed = ctx.saved_tensors
+    dq, dk, dv = _varlen_bwd_op(do, q, k, v, o, lse, cu_seqlens, *ctx.args, seed)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_varlen_fwd_op.register_autograd(_varlen_grad, setup_context=_varlen_setup)
 
 
 def unsupported_varlen(q, k, v, cu_seqlens, dropout_p=0.0):
@@ -540,8 +609,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, scale
         return q.clone()                                                           # no token: nothing to launch
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-    seed = _draw_seed() if dropout_p > 0.0 else 0
-    return FlashAttentionVarlen.apply(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale, seed)
+    seed = _draw_seed() if dropout_p > 0.0 else _no_seed()
+    return _varlen_fwd_op(q, k, v, cu_seqlens, int(max_seqlen), float(dropout_p), scale, seed)[0]
 
 
 def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None):
@@ -558,5 +627,5 @@ def flash_attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None):
         return (q.float() @ k.float().transpose(-2, -1) @ v.float()).to(q.dtype)   # empty: let torch do it
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     keep, key_end = _mask_args(key_padding_mask, q.shape[0], k.shape[2], q.device)
-    seed = _draw_seed() if dropout_p > 0.0 else 0
-    return FlashAttention.apply(q, k, v, keep, key_end, key_padding_mask is not None, float(dropout_p), scale, seed)
+    seed = _draw_seed() if dropout_p > 0.0 else _no_seed()
+    return _flash_fwd_op(q, k, v, keep, key_end, key_padding_mask is not None, float(dropout_p), scale, seed)[0]
