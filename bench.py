@@ -14,7 +14,7 @@ detection, embeddings shared); `--objective mlm` picks the plain MLM model where
 
 A timed step is what train.py does: forward under autocast (--precision), backward (through a
 GradScaler for fp16), gradient clipping to norm 1, AdamW step (train.make_optimizer: fused on
-CUDA), zero_grad. After --warmup steps per side, --steps steps per side are timed INTERLEAVED
+CUDA and the CPU), zero_grad. After --warmup steps per side, --steps steps per side are timed INTERLEAVED
 (ours, HF, ours, HF, ...), each pair on the same batch, so that drift in the machine's speed (other
 jobs, clocks, temperature) hits both sides alike. The ratio is the median over pairs of
 HF's step time / ours.

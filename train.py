@@ -252,7 +252,9 @@ def make_optimizer(model, args, device):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6, fused=device.type == "cuda")
+    # the fused kernel (one pass over all the parameters) exists for CUDA and the CPU; ~5% of a CPU step
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6,
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def lr_factor(step, args):
