@@ -96,6 +96,16 @@ def assert_close(actual, expected, atol, rtol, what):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
+def assert_matches_reference(out, q, k, v, mask, atol, rtol, **reference_kw):
+    """The kernel's output, and its gradients for a random output gradient, against reference_attention."""
+    grad_out = torch.randn_like(out)
+    grads = grads_of(out, (q, k, v), grad_out)
+    ref, ref_grads = reference_attention(q, k, v, mask, grad_out, **reference_kw)
+    assert_close(out, ref, atol, rtol, "out")
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert_close(got, want, atol, rtol, f"d{name}")
+
+
 # -------------------------------------------------------------------------------------------------
 # Flash attention vs the reference
 # -------------------------------------------------------------------------------------------------
@@ -107,12 +117,7 @@ def test_attention_matches_reference(B, H, Tq, Tk, D, mask_kind, dtype, atol, rt
     mask = make_mask(B, Tk, mask_kind)
     out = kernels.attention(q, k, v, key_padding_mask=mask, impl="triton")
     assert out.shape == (B, H, Tq, D) and out.dtype == dtype
-    grad_out = torch.randn_like(out)
-    grads = grads_of(out, (q, k, v), grad_out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out)
-    assert_close(out, ref, atol, rtol, "out")
-    for name, got, want in zip("qkv", grads, ref_grads):
-        assert_close(got, want, atol, rtol, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, atol, rtol)
 
 
 @pytest.mark.parametrize("layout", ["transposed", "packed"])
@@ -155,11 +160,7 @@ def test_attention_scale_and_01_mask():
     q, k, v = make_qkv(2, 2, 17, 17, 16, torch.float32)
     mask = make_mask(2, 17, "random").long()                                  # 0/1 instead of bool
     out = flash_attention(q, k, v, mask, 0.0, 0.3)
-    grad_out = torch.randn_like(out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out, scale=0.3)
-    assert_close(out, ref, 2e-5, 1e-5, "out")
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_out), ref_grads):
-        assert_close(got, want, 2e-5, 1e-5, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, 2e-5, 1e-5, scale=0.3)
 
 
 def test_direct_call_equals_dispatch():
@@ -191,11 +192,7 @@ def test_attention_longer_sequence():
     mask = make_mask(B, T, "lengths") | True
     mask[0, 250:] = False
     out = flash_attention(q, k, v, mask, 0.0, None)
-    grad_out = torch.randn_like(out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out)
-    assert_close(out, ref, 2e-5, 1e-5, "out")
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_out), ref_grads):
-        assert_close(got, want, 2e-5, 1e-5, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, 2e-5, 1e-5)
 
 
 @pytest.mark.skipif(not CUDA, reason="T = 4096 takes minutes under the Triton interpreter: GPU only")
@@ -205,11 +202,7 @@ def test_attention_long_sequence_gpu(dtype, atol, rtol):
     q, k, v = make_qkv(B, H, T, T, D, dtype)
     mask = make_mask(B, T, "lengths")
     out = flash_attention(q, k, v, mask, 0.0, None)
-    grad_out = torch.randn_like(out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out)
-    assert_close(out, ref, atol, rtol, "out")
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_out), ref_grads):
-        assert_close(got, want, atol, rtol, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, atol, rtol)
 
 
 @settings(max_examples=10, deadline=None, database=None)
@@ -219,11 +212,7 @@ def test_attention_property(B, H, T, D, mask_kind, seed):
     q, k, v = make_qkv(B, H, T, T, D, torch.float32, seed=seed)
     mask = make_mask(B, T, mask_kind, seed=seed)
     out = flash_attention(q, k, v, mask, 0.0, None)
-    grad_out = torch.randn_like(out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out)
-    assert_close(out, ref, 2e-5, 1e-5, "out")
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_out), ref_grads):
-        assert_close(got, want, 2e-5, 1e-5, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, 2e-5, 1e-5)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -263,11 +252,7 @@ def test_attention_dropout_matches_reference_with_recovered_mask(dtype, atol, rt
 
     torch.manual_seed(123)
     out = flash_attention(q, k, v, mask, p, None)
-    grad_out = torch.randn_like(out)
-    ref, ref_grads = reference_attention(q, k, v, mask, grad_out, dropout_mask=keep, dropout_p=p)
-    assert_close(out, ref, atol, rtol, "out")
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_out), ref_grads):
-        assert_close(got, want, atol, rtol, f"d{name}")
+    assert_matches_reference(out, q, k, v, mask, atol, rtol, dropout_mask=keep, dropout_p=p)
 
 
 def test_attention_dropout_same_mask_as_masked_softmax():
