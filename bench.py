@@ -378,10 +378,7 @@ FLOP_FORMULA = ("FLOPs/token (useful, both sides alike) = 6 x matmul weights app
 def bench_data(args):
     """data.PretrainingBatches.get_batch alone, on the corpus, tokenizer and cache train.py would use."""
     family = importlib.import_module(args.model)
-    objective = args.objective or family.DEFAULT_OBJECTIVE
-    if objective not in family.PRETRAINING_CLASSES:
-        raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
-                         f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
+    objective = train.check_objective(args, family)
     # train.py's own arguments, defaults and helpers, so that the corpus, the tokenizer and the token cache are the
     # ones `python train.py --model X` would use (and reuse its caches)
     batch_size = args.batch_size or 8
@@ -391,17 +388,12 @@ def bench_data(args):
     targv += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     targv += ["--vocab-size", str(args.vocab_size)] if args.vocab_size else []
     targs = train.parse_args(targv)
-    enc = dict(encoding=targs.encoding, errors=targs.encoding_errors) if hasattr(targs, "encoding") else {}
-    files = data.resolve_data(targs.data, data.CACHE_DIR, **enc)
-    tok = train.get_tokenizer(targs, family, files)
-    corpus, _ = data.build_cache(files, tok, data.CACHE_DIR, **enc)
-    masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **getattr(family, "MLM_MASKING", {}))
-    packed = getattr(family, "PACKED_SEQUENCES", False) and objective in ("mlm", "rtd")
+    files, tok, corpus, _ = train.load_corpus(targs, family)
     try:
-        batches = data.PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=args.seq_len,
-                                          batch_size=batch_size, masker=masker, seed=args.seed, packed=packed)
+        batches = train.pretraining_batches(corpus, tok, family, objective, targs, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    packed = batches.packed
     for i in range(args.warmup):
         batches.get_batch(i)
     times, real = [], 0

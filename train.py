@@ -246,6 +246,34 @@ def _has_tokenizer(path):
     return any((Path(path) / f).is_file() for f in tokenizers_lib.FILES)
 
 
+def check_objective(args, family):
+    """--objective, or the family's own; one the family does not train with is a UsageError."""
+    objective = args.objective or family.DEFAULT_OBJECTIVE
+    if objective not in family.PRETRAINING_CLASSES:
+        raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
+                         f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
+    return objective
+
+
+def load_corpus(args, family, tokenizer_from=None):
+    """(files, tokenizer, train corpus, held-out corpus): --data (or the default corpus), the tokenizer
+    (from `tokenizer_from`, e.g. the checkpoint being resumed, else get_tokenizer) and the token cache."""
+    enc = dict(encoding=args.encoding, errors=args.encoding_errors)
+    files = data.resolve_data(args.data, data.CACHE_DIR, **enc)
+    tok = tokenizers_lib.load(tokenizer_from) if tokenizer_from else get_tokenizer(args, family, files)
+    train_corpus, val_corpus = data.build_cache(files, tok, data.CACHE_DIR, **enc)
+    return files, tok, train_corpus, val_corpus
+
+
+def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, world_size=1):
+    """The batches of `objective` over `corpus`, with the family's masking and packing."""
+    masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **getattr(family, "MLM_MASKING", {}))
+    packed = getattr(family, "PACKED_SEQUENCES", False) and objective in ("mlm", "rtd")
+    return data.PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=args.seq_len,
+                                   batch_size=args.batch_size, masker=masker, seed=seed, packed=packed,
+                                   rank=rank, world_size=world_size)
+
+
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 def make_optimizer(model, args, device):
@@ -440,11 +468,7 @@ def main(argv=None):
                              f"{world}: resume with the same torchrun --nproc_per_node x --nnodes")
         check_resume_args(args, state["args"])
 
-    objective = args.objective or family.DEFAULT_OBJECTIVE
-    if objective not in family.PRETRAINING_CLASSES:
-        raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
-                         f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
-    args.objective = objective
+    objective = args.objective = check_objective(args, family)
     seed_everything(args.seed + rank)                        # ranks draw different dropout masks
     if args.precision is None:
         args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -453,21 +477,13 @@ def main(argv=None):
 
     # -- data and tokenizer (with torchrun, rank 0 builds the caches first, the others then read them)
     if rank != 0:
-        all_reduce_(torch.zeros(1, device=device), world)    # wait for rank 0's caches
-    enc = dict(encoding=args.encoding, errors=args.encoding_errors)
-    files = data.resolve_data(args.data, data.CACHE_DIR, **enc)
-    tok = tokenizers_lib.load(resume_from) if resume_from else get_tokenizer(args, family, files)
-    train_corpus, val_corpus = data.build_cache(files, tok, data.CACHE_DIR, **enc)
+        torch.distributed.barrier()                           # wait for rank 0's caches
+    files, tok, train_corpus, val_corpus = load_corpus(args, family, tokenizer_from=resume_from)
     if rank == 0 and world > 1:
-        all_reduce_(torch.zeros(1, device=device), world)
-    masking = getattr(family, "MLM_MASKING", {})
-    masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **masking)
-    packed = getattr(family, "PACKED_SEQUENCES", False) and objective in ("mlm", "rtd")
-    kw = dict(tok=tok, objective=objective, seq_len=args.seq_len, batch_size=args.batch_size,
-              masker=masker, packed=packed)
+        torch.distributed.barrier()
     # each rank reads its own share of every step: rank r's batch at micro-step m is one process's m*W + r
-    train_batches = data.PretrainingBatches(train_corpus, seed=args.seed, rank=rank, world_size=world, **kw)
-    val_batches = data.PretrainingBatches(val_corpus, seed=args.seed + 1, **kw)
+    train_batches = pretraining_batches(train_corpus, tok, family, objective, args, args.seed, rank, world)
+    val_batches = pretraining_batches(val_corpus, tok, family, objective, args, args.seed + 1)
 
     # -- model
     config_cls = getattr(family, FAMILIES[args.model] + "Config")
