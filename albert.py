@@ -144,7 +144,8 @@ class AlbertConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None)),
+                   Optional[int]: (int, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
                  if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
@@ -338,15 +339,22 @@ class AlbertLayer(nn.Module):
         self.full_layer_layer_norm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.pre_layernorm = config.pre_layernorm
 
-    def forward(self, x, attention_mask=None):
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep (B, T) bool (or (total,) unpadded), optional: the only positions anyone reads after this
+        layer; the feed-forward runs on them alone and the others come back as zeros."""
         x = self.attention(x, attention_mask)                                   # (B, T, H)
+        if keep is not None:
+            return torch.zeros_like(x).index_put((keep,), self.feed_forward(x[keep]))   # (N, H) into (B, T, H)
+        return self.feed_forward(x)                                             # (B, T, H)
+
+    def feed_forward(self, x):
         h = self.full_layer_layer_norm(x) if self.pre_layernorm else x        # pre-LN: the FFN reads LN(x)
         if self.gated:
             a, b = self.ffn(h).chunk(2, dim=-1)                                 # (B, T, I) each
             h = self.activation(a) * b                                          # (B, T, I)
         else:
-            h = self.activation(self.ffn(h))                                    # (B, T, I)
-        x = x + self.dropout(self.ffn_output(h))                                # (B, T, H)
+            h = self.activation(self.ffn(h))                                    # (..., I)
+        x = x + self.dropout(self.ffn_output(h))                                # (..., H)
         return x if self.pre_layernorm else self.full_layer_layer_norm(x)     # post-LN: LN(x + FFN(x))
 
 
@@ -357,9 +365,9 @@ class AlbertLayerGroup(nn.Module):
         super().__init__()
         self.albert_layers = nn.ModuleList([AlbertLayer(config) for _ in range(config.inner_group_num)])
 
-    def forward(self, x, attention_mask=None):
-        for layer in self.albert_layers:
-            x = layer(x, attention_mask)
+    def forward(self, x, attention_mask=None, keep=None):
+        for i, layer in enumerate(self.albert_layers):        # keep: for the last layer only (see AlbertLayer)
+            x = layer(x, attention_mask, keep if i == len(self.albert_layers) - 1 else None)
         return x                                                                # (B, T, H)
 
 
@@ -379,10 +387,12 @@ class AlbertTransformer(nn.Module):
         """The group step i uses: the steps are split into num_hidden_groups equal runs, as transformers does."""
         return int(i / (self.num_hidden_layers / len(self.albert_layer_groups)))
 
-    def forward(self, x, attention_mask=None):
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep: the positions the heads read (see AlbertLayer); the last step computes only those."""
         x = self.embedding_hidden_mapping_in(x)                                 # (B, T, E) -> (B, T, H)
         for i in range(self.num_hidden_layers):
-            x = self.albert_layer_groups[self.group_index(i)](x, attention_mask)
+            last = i == self.num_hidden_layers - 1
+            x = self.albert_layer_groups[self.group_index(i)](x, attention_mask, keep if last else None)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
@@ -638,15 +648,17 @@ class AlbertModel(AlbertPreTrainedModel):
         self.pooler = AlbertPooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
-        """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
+                keep=None):
+        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
+        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
         # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
         dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
         if document_ids is None and (dense or bool(attention_mask.all())):
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
-            return self.encoder(x, attention_mask)                              # (B, T, H)
+            return self.encoder(x, attention_mask, keep)                        # (B, T, H)
         # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
         B, T = input_ids.shape
         if attention_mask is None:
@@ -658,7 +670,8 @@ class AlbertModel(AlbertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
         x = self.embeddings(*ids)                                               # (total, E)
-        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
+        keep = None if keep is None else keep.reshape(-1)[layout.indices]       # (total,)
+        return pad(self.encoder(x, layout, keep), layout.indices, B, T)         # (B, T, H)
 
 
 class AlbertForPreTraining(AlbertPreTrainedModel):
@@ -674,7 +687,10 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 sentence_order_label=None, document_ids=None):
-        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        keep = None
+        if labels is not None:                             # the heads read the masked tokens and [CLS] only
+            keep = (labels != -100).index_fill(1, labels.new_zeros(1), True)   # (B, T)
+        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100                                         # (B, T)
@@ -705,7 +721,8 @@ class AlbertForMaskedLM(AlbertPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
+        h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100

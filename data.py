@@ -445,14 +445,21 @@ def _seed(*parts):
 class PretrainingBatches:
     """Batches of one objective over a TokenCorpus; `get_batch(step)` depends only on (seed, step, rank).
     Keys: input_ids, attention_mask (bool, True = real token), token_type_ids, labels (-100 = not predicted),
-    and next_sentence_label (0 = IsNext, 1 = NotNext) or sentence_order_label (0 = in order, 1 = swapped)."""
+    and next_sentence_label (0 = IsNext, 1 = NotNext) or sentence_order_label (0 = in order, 1 = swapped).
+
+    packed=True (mlm, rtd): rows are windows of the whole corpus read as one stream, a separator after each
+    document, no padding (RoBERTa's FULL-SENTENCES). separate_documents=True adds `document_ids` (B, T):
+    the documents in a row numbered 0, 1, ... (a document's separator is its own), which the models use
+    for block-diagonal attention and restarting positions, so no document sees another."""
 
     def __init__(self, corpus, tok, objective, seq_len, batch_size, masker, seed=0, packed=False,
-                 short_seq_prob=0.1, rank=0, world_size=1):
+                 short_seq_prob=0.1, rank=0, world_size=1, separate_documents=False):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective {objective!r}: expected one of {OBJECTIVES}")
         if packed and objective not in ("mlm", "rtd"):
             raise ValueError(f"packed=True is for mlm/rtd; {objective} needs sentence pairs")
+        if separate_documents and not packed:
+            raise ValueError("separate_documents=True numbers the documents of packed rows: pass packed=True too")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         self.pair = objective in ("mlm+nsp", "mlm+sop")
@@ -460,6 +467,7 @@ class PretrainingBatches:
         if self.max_tokens < 2 or batch_size < 1:
             raise ValueError(f"seq_len={seq_len}, batch_size={batch_size}: too small for {objective}")
         self.corpus, self.objective, self.masker, self.seed, self.packed = corpus, objective, masker, seed, packed
+        self.separate_documents = separate_documents
         self.seq_len, self.batch_size, self.rank, self.world_size = seq_len, batch_size, rank, world_size
         self.pad_id = tok.pad_id
         # the special-token template, read off the tokenizer with two ordinary sentinel ids
@@ -517,7 +525,12 @@ class PretrainingBatches:
         (pre, _), _, (post, _) = self._parts
         B = len(ex)
         ids = np.concatenate([np.broadcast_to(pre, (B, len(pre))), body, np.broadcast_to(post, (B, len(post)))], 1)
-        return ids, np.zeros_like(ids), np.full(B, ids.shape[1])
+        # a new document after each separator (also where the stream wraps round); the template's
+        # leading tokens belong to the first document of the row, its trailing ones to the last
+        after_sep = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(is_sep, 1)[:, :-1]], 1)   # (B, W)
+        doc_ids = np.concatenate([np.zeros((B, len(pre)), np.int64), after_sep,
+                                  np.broadcast_to(after_sep[:, -1:], (B, len(post)))], 1)
+        return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), doc_ids
 
     def _pair(self, e, rng):
         """(a, b, label): the two segments of example e as token arrays, and the NSP/SOP label."""
@@ -546,7 +559,9 @@ class PretrainingBatches:
         rng = np.random.default_rng(_seed(self.seed, g, 0, 1))
         extra = {}
         if self.packed:
-            ids, types, lengths = self._packed_rows(ex)
+            ids, types, lengths, doc_ids = self._packed_rows(ex)
+            if self.separate_documents:
+                extra["document_ids"] = torch.from_numpy(doc_ids)
         else:
             B, T = len(ex), self.seq_len
             ids, types = np.full((B, T), self.pad_id, np.int64), np.zeros((B, T), np.int64)

@@ -14,6 +14,10 @@ What ELECTRA changes relative to BERT: the objective, replaced-token detection (
   loss           generator MLM loss + 50 x discriminator BCE. No gradient flows through the
                  sampling: the generator is trained by its MLM loss alone (not adversarially).
   sharing        the two share the token, position and type embeddings (and their LayerNorm).
+  temperature    samples come from softmax(logits / temperature), 1 in the paper. The released code
+                 has the same knob; the CPU-sized `tiny` preset uses 3, because in a few minutes the
+                 small generator learns as fast as the discriminator and its temperature-1 samples
+                 are then as plausible as the discriminator can judge: it would stay at "all original".
   afterwards     the generator is thrown away; the discriminator is fine-tuned.
 The encoder is BERT's (post-LN layers, GELU), with one addition: the embeddings have their own
 size E = embedding_size, and `embeddings_project` maps E -> H when the two differ (ELECTRA-small:
@@ -92,12 +96,17 @@ class ElectraConfig:
     generator_size: float = 0.25                  # generator hidden size, heads and FFN as a fraction of these
     generator_weight: float = 1.0                 # loss = generator_weight * MLM + discriminator_weight * RTD
     discriminator_weight: float = 50.0
+    temperature: float = 1.0                      # replacements drawn from softmax(generator logits / temperature)
+    # the tokenizer's size when vocab_size was rounded up past it (to a multiple of 64, for the GPU's matrix
+    # units): ids from here to vocab_size are never targets and never sampled. None = vocab_size
+    tokenizer_vocab_size: Optional[int] = None
 
     model_type: ClassVar[str] = "electra"
-    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, named as BERT's
+    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, named as BERT's; tiny, for minutes-long
+    # runs, samples at temperature 3 (see the module docstring)
     PRESETS: ClassVar[dict] = {
         "tiny":  dict(num_hidden_layers=2,  hidden_size=128,  embedding_size=128,  num_attention_heads=2,
-                      intermediate_size=512,  generator_size=1 / 4),
+                      intermediate_size=512,  generator_size=1 / 4, temperature=3.0),
         "mini":  dict(num_hidden_layers=4,  hidden_size=256,  embedding_size=128,  num_attention_heads=4,
                       intermediate_size=1024, generator_size=1 / 4),
         "small": dict(num_hidden_layers=12, hidden_size=256,  embedding_size=128,  num_attention_heads=4,
@@ -146,7 +155,8 @@ class ElectraConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None)),
+                   Optional[int]: (int, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
                  if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
@@ -218,9 +228,10 @@ def _rtd_loss(logits, is_replaced, attention_mask, metrics):
     return loss
 
 
-def gumbel_sample(logits, generator=None):
-    """One id per row, drawn from softmax(logits) by the Gumbel-max trick; float32, no gradient. (N, V) -> (N,)"""
-    logits = logits.detach().float()
+def gumbel_sample(logits, generator=None, temperature=1.0):
+    """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
+    gradient. (N, V) -> (N,)"""
+    logits = logits.detach().float() / temperature
     u = torch.empty_like(logits).uniform_(generator=generator)                   # (N, V) uniform in [0, 1)
     gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)                             # (N, V) Gumbel(0, 1) noise
     return (logits + gumbel).argmax(-1)                                          # (N,)
@@ -417,10 +428,17 @@ class ElectraLayer(nn.Module):
         self.intermediate = ElectraIntermediate(config)
         self.output = ElectraOutput(config)
 
-    def forward(self, x, attention_mask=None):
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep (B, T) bool (or (total,) unpadded), optional: the only positions anyone reads after this
+        layer; the feed-forward runs on them alone and the others come back as zeros."""
         x = self.attention(x, attention_mask)                                   # (B, T, H)
+        if keep is not None:
+            return torch.zeros_like(x).index_put((keep,), self.feed_forward(x[keep]))   # (N, H) into (B, T, H)
+        return self.feed_forward(x)                                             # (B, T, H)
+
+    def feed_forward(self, x):
         h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: the FFN reads LN(x)
-        return self.output(self.intermediate(h), x)                            # (B, T, H)
+        return self.output(self.intermediate(h), x)                            # (..., H)
 
 
 # Copied from bert.BertEncoder with Bert->Electra
@@ -432,9 +450,10 @@ class ElectraEncoder(nn.Module):
         self.final_layer_norm = (make_norm(config, config.hidden_size, bias=config.use_bias)
                                  if config.pre_layernorm else None)
 
-    def forward(self, x, attention_mask=None):
-        for layer in self.layer:
-            x = layer(x, attention_mask)
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep: the positions the heads read (see ElectraLayer); the last layer computes only those."""
+        for i, layer in enumerate(self.layer):
+            x = layer(x, attention_mask, keep if i == len(self.layer) - 1 else None)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
@@ -708,8 +727,10 @@ class ElectraModel(ElectraPreTrainedModel):
         self.encoder = ElectraEncoder(config)
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
-        """(B, T, H). document_ids (B, T): packed documents, see bert.py's docstring."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
+                keep=None):
+        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
+        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
         # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
@@ -718,7 +739,7 @@ class ElectraModel(ElectraPreTrainedModel):
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
             if self.embeddings_project is not None:
                 x = self.embeddings_project(x)                                 # (B, T, H)
-            return self.encoder(x, attention_mask)                              # (B, T, H)
+            return self.encoder(x, attention_mask, keep)                        # (B, T, H)
         # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
         B, T = input_ids.shape
         if attention_mask is None:
@@ -732,7 +753,8 @@ class ElectraModel(ElectraPreTrainedModel):
         x = self.embeddings(*ids)                                               # (total, E)
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)                                     # (total, H)
-        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
+        keep = None if keep is None else keep.reshape(-1)[layout.indices]       # (total,)
+        return pad(self.encoder(x, layout, keep), layout.indices, B, T)         # (B, T, H)
 
 
 class ElectraForPreTraining(ElectraPreTrainedModel):
@@ -769,7 +791,8 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100
@@ -852,7 +875,8 @@ class Electra(nn.Module):
         masked = labels != -100                                                   # (B, T)
         original = torch.where(masked, labels, input_ids)                         # (B, T)
         corrupted = input_ids.clone()
-        corrupted[masked] = gumbel_sample(generator_logits, generator)            # (N,) samples into (B, T)
+        real_vocab = generator_logits[:, :self.config.tokenizer_vocab_size]        # (N, V'): no padding id
+        corrupted[masked] = gumbel_sample(real_vocab, generator, self.config.temperature)  # (N,) into (B, T)
         return original, corrupted, corrupted != original
 
     @torch.no_grad()

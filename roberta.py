@@ -134,7 +134,8 @@ class RobertaConfig:
         kw = {k: v for k, v in d.items() if k in types}
         if "id2label" in d and "num_labels" not in d:
             kw["num_labels"] = len(d["id2label"])
-        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None))}
+        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None)),
+                   Optional[int]: (int, type(None))}
         wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
                  if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
         wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
@@ -377,10 +378,17 @@ class RobertaLayer(nn.Module):
         self.intermediate = RobertaIntermediate(config)
         self.output = RobertaOutput(config)
 
-    def forward(self, x, attention_mask=None):
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep (B, T) bool (or (total,) unpadded), optional: the only positions anyone reads after this
+        layer; the feed-forward runs on them alone and the others come back as zeros."""
         x = self.attention(x, attention_mask)                                   # (B, T, H)
+        if keep is not None:
+            return torch.zeros_like(x).index_put((keep,), self.feed_forward(x[keep]))   # (N, H) into (B, T, H)
+        return self.feed_forward(x)                                             # (B, T, H)
+
+    def feed_forward(self, x):
         h = self.output.LayerNorm(x) if self.output.pre_layernorm else x      # pre-LN: the FFN reads LN(x)
-        return self.output(self.intermediate(h), x)                            # (B, T, H)
+        return self.output(self.intermediate(h), x)                            # (..., H)
 
 
 # Copied from bert.BertEncoder with Bert->Roberta
@@ -392,9 +400,10 @@ class RobertaEncoder(nn.Module):
         self.final_layer_norm = (make_norm(config, config.hidden_size, bias=config.use_bias)
                                  if config.pre_layernorm else None)
 
-    def forward(self, x, attention_mask=None):
-        for layer in self.layer:
-            x = layer(x, attention_mask)
+    def forward(self, x, attention_mask=None, keep=None):
+        """keep: the positions the heads read (see RobertaLayer); the last layer computes only those."""
+        for i, layer in enumerate(self.layer):
+            x = layer(x, attention_mask, keep if i == len(self.layer) - 1 else None)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
@@ -656,15 +665,18 @@ class RobertaModel(RobertaPreTrainedModel):
         self.pooler = RobertaPooler(config) if add_pooling_layer else None
         self.apply(self._init_weights)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None):
-        """(B, T, H). document_ids (B, T): packed documents, see the module docstring."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
+                keep=None):
+        """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
+        only positions the caller will read (in pretraining, the masked ones and <s>); the last layer's
+        feed-forward skips the others, whose outputs are zeros."""
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
         # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
         dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
         if document_ids is None and (dense or bool(attention_mask.all())):
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, H)
-            return self.encoder(x, attention_mask)                              # (B, T, H)
+            return self.encoder(x, attention_mask, keep)                        # (B, T, H)
         # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
         B, T = input_ids.shape
         if attention_mask is None:
@@ -676,7 +688,8 @@ class RobertaModel(RobertaPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
         x = self.embeddings(*ids)                                               # (total, H)
-        return pad(self.encoder(x, layout), layout.indices, B, T)               # (B, T, H)
+        keep = None if keep is None else keep.reshape(-1)[layout.indices]       # (total,)
+        return pad(self.encoder(x, layout, keep), layout.indices, B, T)         # (B, T, H)
 
 
 class RobertaForMaskedLM(RobertaPreTrainedModel):
@@ -691,7 +704,8 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
+        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             predicted = labels != -100

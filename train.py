@@ -17,6 +17,7 @@ Every checkpoint directory is written under a temporary name and renamed when co
 kill at any moment leaves the last complete checkpoint intact; --resume continues from it.
 """
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -48,6 +49,7 @@ RECIPES = {
     "albert":  dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=1e-3, warmup=150),
     "electra": dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=5e-4, warmup=150),
 }
+PACKABLE = ("mlm", "rtd")     # the objectives whose rows need no sentence pair: --pack can fill them
 # flags a --resume may change; every other flag must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
                      "compile", "keep", "resume", "out", "show", "max_bad_steps"}
@@ -82,10 +84,16 @@ def parse_args(argv=None):
                    help="bytes that do not decode: stop with an error (strict), read as U+FFFD (replace), or drop them")
     p.add_argument("--tokenizer", help="a saved tokenizer or a Hugging Face checkpoint dir (default: train one)")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of a tokenizer trained here")
+    p.add_argument("--pad-vocab", type=int, default=64, metavar="MULTIPLE",
+                   help="round a new model's vocabulary up to a multiple of this, for the GPU's matrix units "
+                        "(30522 -> 30528); the extra ids are never targets, samples or predictions (1 = off)")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--seq-len", type=int, help="tokens per sequence, special tokens included")
+    p.add_argument("--pack", action="store_true",
+                   help="mlm/rtd: fill every row with several documents, no padding; a document attends only to "
+                        "itself and its positions restart (block-diagonal attention)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="linear warm-up steps")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warm-up")
@@ -116,7 +124,7 @@ def parse_args(argv=None):
             setattr(args, k, v)
     args.out = args.out or f"runs/{args.model}"
     for name in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "save_every", "log_every", "keep",
-                 "max_bad_steps"):
+                 "max_bad_steps", "pad_vocab"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -252,6 +260,9 @@ def check_objective(args, family):
     if objective not in family.PRETRAINING_CLASSES:
         raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
                          f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
+    if getattr(args, "pack", False) and objective not in PACKABLE:
+        raise UsageError(f"--pack is for the objectives without sentence pairs ({', '.join(PACKABLE)}); "
+                         f"{objective} needs two segments per row: drop --pack or choose another --objective")
     return objective
 
 
@@ -266,12 +277,14 @@ def load_corpus(args, family, tokenizer_from=None):
 
 
 def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, world_size=1):
-    """The batches of `objective` over `corpus`, with the family's masking and packing."""
+    """The batches of `objective` over `corpus`, with the family's masking and packing: RoBERTa's rows
+    are packed (attending across documents, as published); --pack packs any family's, documents apart."""
     masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **getattr(family, "MLM_MASKING", {}))
-    packed = getattr(family, "PACKED_SEQUENCES", False) and objective in ("mlm", "rtd")
+    pack = getattr(args, "pack", False)
+    packed = (pack or getattr(family, "PACKED_SEQUENCES", False)) and objective in PACKABLE
     return data.PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=args.seq_len,
                                    batch_size=args.batch_size, masker=masker, seed=seed, packed=packed,
-                                   rank=rank, world_size=world_size)
+                                   separate_documents=pack, rank=rank, world_size=world_size)
 
 
 # ----------------------------------------------------------------------------- optimizer and schedule
@@ -492,8 +505,11 @@ def main(argv=None):
         if resume_from or args.init_from:
             model = model_cls.from_pretrained(resume_from or Path(args.init_from), strict=bool(resume_from))
         else:
-            config = config_cls.from_preset(args.preset, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
-                                            **parse_overrides(args.set))
+            vocab = -(-tok.vocab_size // args.pad_vocab) * args.pad_vocab
+            padding = {"tokenizer_vocab_size": tok.vocab_size} if vocab > tok.vocab_size and any(
+                f.name == "tokenizer_vocab_size" for f in dataclasses.fields(config_cls)) else {}
+            config = config_cls.from_preset(args.preset, vocab_size=vocab, pad_token_id=tok.pad_id,
+                                            **padding, **parse_overrides(args.set))
             model = model_cls(config)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
@@ -549,7 +565,8 @@ def main(argv=None):
         f"{device} {args.precision}, kernels {__import__('kernels').BACKEND}"
         + (f", {world} processes (DDP)" if world > 1 else "") + "\n"
         f"data: {len(files)} file(s), {train_corpus.n_docs} train / {val_corpus.n_docs} held-out documents, "
-        f"{train_corpus.n_tokens / 1e6:.2f}M train tokens, vocabulary {tok.vocab_size}\n"
+        f"{train_corpus.n_tokens / 1e6:.2f}M train tokens, vocabulary {tok.vocab_size}"
+        + (f" (the model's padded to {vocab})" if vocab > tok.vocab_size else "") + "\n"
         f"{args.steps} steps x {tokens_per_step} tokens (batch {args.batch_size} x seq {args.seq_len}"
         f" x accum {args.grad_accum}" + (f" x {world} processes" if world > 1 else "") +
         f"), lr {args.lr}, out {run_dir}")

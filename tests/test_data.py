@@ -431,6 +431,50 @@ def test_packed_rows(splits, bpe, tmp_path, corpus_file):
         data.PretrainingBatches(train, bpe, "mlm+nsp", 40, 8, masker, packed=True)
 
 
+def test_packed_rows_number_their_documents(bpe, tmp_path, corpus_file):
+    """separate_documents=True: the same rows, plus document_ids that change exactly after each separator
+    the corpus stream puts between documents (and nowhere else), rebuilt here from the stream itself."""
+    train, _ = data.build_cache([corpus_file], bpe, tmp_path, val_fraction=0.1)
+    masker = data.Masker(bpe.vocab_size, bpe.mask_id, bpe.special_ids)
+    plain = data.PretrainingBatches(train, bpe, "mlm", 40, 8, masker, packed=True)
+    apart = data.PretrainingBatches(train, bpe, "rtd", 40, 8, masker, packed=True, separate_documents=True)
+    W = 38
+    is_sep = np.concatenate([np.append(np.zeros(len(_doc_tokens(train, d)), bool), True) for d in range(train.n_docs)])
+    is_sep = np.concatenate([is_sep, is_sep[:W]])                         # read cyclically, as the rows are
+    n_boundaries = 0
+    for step in range(batches_per_epoch := -(-plain.n_examples // 8)):
+        a, b = plain.get_batch(step), apart.get_batch(step)
+        assert "document_ids" not in a and all(torch.equal(a[k], b[k]) for k in a)   # only the ids are new
+        doc = b["document_ids"]
+        assert doc.shape == (8, 40) and doc.dtype == torch.long
+        for e, row in zip(apart.example_ids(step), doc):
+            seps = is_sep[e * W:(e + 1) * W]
+            want = np.concatenate([[0], np.cumsum(seps)[:-1]])               # +1 after every separator
+            assert row[0] == 0 and row[-1] == row[-2]                        # [CLS] with the first, </s> the last
+            assert torch.equal(row[1:-1], torch.from_numpy(want))
+            n_boundaries += int(row[-1])
+    assert n_boundaries > batches_per_epoch                                  # rows hold several documents
+    with pytest.raises(ValueError, match="packed=True"):
+        data.PretrainingBatches(train, bpe, "mlm", 40, 8, masker, separate_documents=True)
+
+
+def test_packed_documents_train_as_if_alone(bpe, tmp_path, corpus_file):
+    """A BERT fed a packed row with its document_ids gives each document the outputs it gets alone."""
+    import bert
+    train, _ = data.build_cache([corpus_file], bpe, tmp_path, val_fraction=0.1)
+    masker = data.Masker(bpe.vocab_size, bpe.mask_id, bpe.special_ids, mlm_probability=0.0)
+    b = data.PretrainingBatches(train, bpe, "mlm", 40, 2, masker, packed=True, separate_documents=True).get_batch(0)
+    torch.manual_seed(0)
+    model = bert.BertModel(bert.BertConfig.from_preset("tiny", vocab_size=bpe.vocab_size, num_hidden_layers=1)).eval()
+    with torch.no_grad():
+        packed = model(b["input_ids"], b["attention_mask"], document_ids=b["document_ids"])   # (2, 40, H)
+        for r in range(2):
+            for d in b["document_ids"][r].unique():
+                at = (b["document_ids"][r] == d).nonzero().squeeze(1)
+                alone = model(b["input_ids"][r, at][None])[0]                                   # (n, H)
+                torch.testing.assert_close(packed[r, at], alone, atol=1e-5, rtol=1e-5)
+
+
 def test_batches_are_a_pure_function_of_seed_step_rank(splits, tok, masker):
     first, second = _batches(splits, tok, masker, "mlm+nsp"), _batches(splits, tok, masker, "mlm+nsp")
     second.get_batch(11)  # a different history changes nothing

@@ -19,7 +19,7 @@ V, T, MASK = 99, 24, 4
 def tiny_config(**kw):
     # E = 24 differs from both hidden sizes (32, generator 16): both models use embeddings_project
     kw = {"vocab_size": V, "embedding_size": 24, "hidden_size": 32, "num_attention_heads": 4,
-          "intermediate_size": 64, "max_position_embeddings": 64, "generator_size": 0.5, **kw}
+          "intermediate_size": 64, "max_position_embeddings": 64, "generator_size": 0.5, "temperature": 1.0, **kw}
     return ElectraConfig.from_preset("tiny", **kw)
 
 
@@ -123,12 +123,41 @@ def test_overfits_one_batch():
 
 # ----------------------------------------------------------------------------- the objective
 
-def test_gumbel_sample_follows_the_softmax():
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_gumbel_sample_follows_the_softmax(temperature):
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(20000, 4).to(torch.bfloat16).requires_grad_()
-    ids = electra.gumbel_sample(logits, torch.Generator().manual_seed(0))          # (N,)
+    ids = electra.gumbel_sample(logits, torch.Generator().manual_seed(0), temperature)   # (N,)
     assert ids.shape == (20000,) and not ids.requires_grad
     freq = torch.bincount(ids, minlength=4).float() / len(ids)
-    torch.testing.assert_close(freq, logits[0].float().softmax(-1).detach(), atol=0.015, rtol=0)
+    want = (logits[0].float() / temperature).softmax(-1).detach()
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+
+
+def test_config_temperature_reaches_the_sampling():
+    """temperature -> 0 makes the samples the generator's argmax; at 1 they are not (near-uniform logits)."""
+    torch.manual_seed(0)
+    b = batch()
+    at = b["labels"] != -100
+    for temperature, all_argmax in ((1e-4, True), (1.0, False)):
+        model = Electra(tiny_config(temperature=temperature)).eval()
+        argmax = model.generator(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                                 labels=b["labels"]).logits.argmax(-1)                     # (N,)
+        samples = model.replaced_token_detection(**b)["corrupted"][at]
+        assert bool((samples == argmax).all()) == all_argmax
+
+
+def test_vocabulary_padding_is_never_sampled():
+    """A vocabulary rounded up past the tokenizer's: the padding ids are never put into the text, even where
+    the generator gives them all the probability (where it does not, they would be sampled)."""
+    torch.manual_seed(0)
+    b = batch()
+    for tokenizer_vocab_size, padding_sampled in ((None, True), (V - 9, False)):
+        model = Electra(tiny_config(tokenizer_vocab_size=tokenizer_vocab_size)).eval()
+        with torch.no_grad():
+            model.generator.generator_lm_head.bias[V - 9:] = 1e4       # ids V-9..V-1: the "padding"
+        samples = model.replaced_token_detection(**b)["corrupted"][b["labels"] != -100]     # (N,)
+        assert bool((samples >= V - 9).all()) == padding_sampled
+        assert bool((samples >= V - 9).any()) == padding_sampled
 
 
 def sample_original_at_even_positions(b):
@@ -140,7 +169,7 @@ def sample_original_at_even_positions(b):
     samples = torch.where(keep, originals, (originals - 5 + 1) % (V - 5) + 5)     # never the original there
     expected = torch.zeros_like(predicted)
     expected[predicted] = ~keep
-    return (lambda logits, generator=None: samples), samples, expected
+    return (lambda logits, generator=None, temperature=1.0: samples), samples, expected
 
 
 def test_disc_labels_are_where_the_sample_differs(monkeypatch):

@@ -127,6 +127,7 @@ def test_mlm_objective_and_init_from(corpus, tmp_path):
     ({"--preset": "huge"}, train.UsageError, "unknown bert preset 'huge'"),
     ({"--objective": "rtd"}, train.UsageError, "mlm\\+nsp"),
     ({"--set": "hidden_size"}, train.UsageError, "KEY=VALUE"),
+    ({"--pack": True}, train.UsageError, "--pack is for .*mlm, rtd.*mlm\\+nsp needs two segments"),
 ])
 def test_bad_input_is_one_clear_error(corpus, tmp_path, extra, error, match):
     with pytest.raises(error, match=match):
@@ -188,6 +189,45 @@ def test_every_family_pretrains_with_its_objective(corpus, tmp_path, capsys, mod
     if model == "electra":                       # the generator beside the discriminator, and the display
         assert json.loads((out / "generator" / "config.json").read_text())["architectures"] == ["ElectraForMaskedLM"]
         assert "replaced-token detection" in printed
+
+
+@pytest.mark.parametrize("model", ["bert", "electra"])
+def test_pack_fills_rows_with_documents_kept_apart(corpus, tmp_path, monkeypatch, model):
+    """--pack: no padding, and every forward pass gets the document_ids that keep the documents apart."""
+    family = importlib.import_module(model)
+    cls = family.PRETRAINING_CLASSES["mlm" if model == "bert" else "rtd"]
+    seen, forward = [], cls.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("attention_mask"), kwargs.get("document_ids")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    out = tmp_path / "run"
+    extra = {"--pack": True, "--steps": "20", "--eval-every": "20", "--save-every": "20", "--show": "0"}
+    train.main(base_args(corpus, out, model=model, **({"--objective": "mlm"} if model == "bert" else {}), **extra))
+    assert len(seen) >= 20 and all(m.all() for m, _ in seen)                    # every row full
+    assert all(d is not None and d.shape == m.shape for m, d in seen)
+    assert max(int(d.max()) for _, d in seen) >= 1                             # rows that hold two documents
+    logs = [r for r in records(out) if "loss" in r]
+    assert logs[-1]["loss"] < logs[0]["loss"]
+
+
+def test_vocabulary_is_padded_to_a_multiple_of_64(corpus, tmp_path):
+    """The model's vocabulary rounds the tokenizer's up (--pad-vocab 64 by default, 1 = off); an ELECTRA
+    config records the tokenizer's size so that its generator never samples the padding."""
+    tok = importlib.import_module("tokenizer")
+    for model, pad in (("bert", None), ("electra", None), ("electra", "1")):
+        out = tmp_path / f"{model}-{pad}"
+        extra = {"--steps": "2", "--show": "0", "--vocab-size": "300", **({"--pad-vocab": pad} if pad else {})}
+        train.main(base_args(corpus, out, model=model, **extra))
+        n, config = tok.load(out).vocab_size, json.loads((out / "config.json").read_text())
+        assert n % 64 != 0                                           # so that padding has something to do
+        if pad == "1":
+            assert config["vocab_size"] == n and config.get("tokenizer_vocab_size") is None
+        else:
+            assert config["vocab_size"] == -(-n // 64) * 64
+            assert config.get("tokenizer_vocab_size") == (n if model == "electra" else None)
 
 
 def test_encoding_flags_read_a_latin1_corpus(tmp_path, monkeypatch):

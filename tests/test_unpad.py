@@ -5,10 +5,13 @@
     dense padded path (config.unpad = False);
   * packing: documents laid side by side in one row with `document_ids` give the outputs each
     document gets alone;
+  * the last layer's feed-forward on the positions the heads read only (`keep`): every pretraining
+    model's loss and gradients equal those of the same model computing every position;
   * attention_varlen: the PyTorch fallback, the reference twin (a loop over the sequences) and,
     where the Triton backend can run (under the interpreter on a CPU), the Triton kernel agree,
     forward and backward, on odd lengths.
 """
+import dataclasses
 import importlib
 
 import pytest
@@ -207,6 +210,60 @@ def test_packed_pretraining_loss_and_gradients_flow():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.electra.embeddings.position_embeddings.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- the last layer computes what is read
+
+LAYERS = {"bert": "BertLayer", "roberta": "RobertaLayer", "albert": "AlbertLayer", "electra": "ElectraLayer"}
+
+
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "dense"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_last_layer_skipping_unread_positions_changes_nothing(family, unpad, monkeypatch):
+    """With labels, the pretraining models ask the last layer for the masked positions (and [CLS]) only.
+    Loss, metrics and every gradient equal those of the model made to compute all positions, and the
+    base model's output is the full output at the kept positions and zeros elsewhere."""
+    model, mod = build(family)
+    mod_layer = getattr(mod, LAYERS[family])
+    ids, mask, types, labels = varied_batch([40, 23, 9], model.config.pad_token_id)
+    types = types.clamp(max=model.config.type_vocab_size - 1)                  # RoBERTa has one type
+    for cls in mod.PRETRAINING_CLASSES.values():
+        torch.manual_seed(0)
+        m = cls(dataclasses.replace(model.config, unpad=unpad))
+        batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+        if cls.__name__ == "BertForPreTraining":
+            batch["next_sentence_label"] = torch.tensor([0, 1, 0])
+        if cls.__name__ == "AlbertForPreTraining":
+            batch["sentence_order_label"] = torch.tensor([0, 1, 0])
+
+        def run():
+            m.zero_grad()
+            torch.manual_seed(1)                                      # ELECTRA's sampling: the same draws
+            out = m(**batch)
+            out.loss.backward()
+            return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+        calls = []
+        forward = mod_layer.forward
+        monkeypatch.setattr(mod_layer, "forward", lambda self, x, am=None, keep=None: (
+            calls.append(keep is not None), forward(self, x, am, keep))[1])
+        got, got_grads = run()
+        assert any(calls), f"{cls.__name__}: no layer was asked for a subset"
+        monkeypatch.setattr(mod_layer, "forward", lambda self, x, am=None, keep=None: forward(self, x, am, None))
+        want, want_grads = run()
+        monkeypatch.setattr(mod_layer, "forward", forward)
+        torch.testing.assert_close(got.loss, want.loss, atol=1e-6, rtol=1e-6)
+        for k in want.metrics:
+            torch.testing.assert_close(got.metrics[k], want.metrics[k], atol=1e-6, rtol=1e-6)
+        assert got_grads.keys() == want_grads.keys()
+        for n in want_grads:
+            torch.testing.assert_close(got_grads[n], want_grads[n], atol=1e-6, rtol=1e-5, msg=lambda e: f"{n}: {e}")
+    base = getattr(mod, FAMILIES[family][2])(dataclasses.replace(model.config, unpad=unpad)).eval()
+    keep = labels != -100
+    with torch.no_grad():
+        full, part = base(ids, mask, types), base(ids, mask, types, keep=keep)
+    torch.testing.assert_close(part[keep], full[keep], atol=1e-6, rtol=1e-6)
+    assert (part[~keep] == 0).all() and (full[~keep & mask] != 0).any()
 
 
 # ----------------------------------------------------------------------------- attention_varlen
