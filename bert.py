@@ -694,13 +694,13 @@ class BertForPreTraining(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, document_ids=None):
-        keep = None
+        predicted = keep = None
         if labels is not None:                             # the heads read the masked tokens and [CLS] only
-            keep = (labels != -100).index_fill(1, labels.new_zeros(1), True)   # (B, T)
+            predicted = labels != -100                                         # (B, T)
+            keep = predicted.index_fill(1, labels.new_zeros(1), True)          # (B, T)
         h = self.bert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            predicted = labels != -100                                         # (B, T)
             h_mlm, labels = h[predicted], labels[predicted]                    # (N, H), (N,): only masked tokens
         else:
             h_mlm = h
@@ -727,11 +727,10 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
-        h = self.bert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
+        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
+        h = self.bert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            predicted = labels != -100
             h, labels = h[predicted], labels[predicted]                        # (N, H), (N,)
         logits = self.cls(h, self.bert.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
         if labels is not None:

@@ -56,6 +56,7 @@ import torch
 CACHE_DIR = Path(os.environ.get("BERT_CACHE", Path(__file__).resolve().parent / ".cache"))
 FORMAT_VERSION = 2  # bump when the cache layout, the corpus builder or the tokenization of corpus text changes
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "rtd")
+PACKABLE = ("mlm", "rtd")     # the objectives without sentence pairs, whose rows can be packed
 SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)"
                           r"\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -456,7 +457,7 @@ class PretrainingBatches:
                  short_seq_prob=0.1, rank=0, world_size=1, separate_documents=False):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective {objective!r}: expected one of {OBJECTIVES}")
-        if packed and objective not in ("mlm", "rtd"):
+        if packed and objective not in PACKABLE:
             raise ValueError(f"packed=True is for mlm/rtd; {objective} needs sentence pairs")
         if separate_documents and not packed:
             raise ValueError("separate_documents=True numbers the documents of packed rows: pass packed=True too")
@@ -525,6 +526,8 @@ class PretrainingBatches:
         (pre, _), _, (post, _) = self._parts
         B = len(ex)
         ids = np.concatenate([np.broadcast_to(pre, (B, len(pre))), body, np.broadcast_to(post, (B, len(post)))], 1)
+        if not self.separate_documents:
+            return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), None
         # a new document after each separator (also where the stream wraps round); the template's
         # leading tokens belong to the first document of the row, its trailing ones to the last
         after_sep = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(is_sep, 1)[:, :-1]], 1)   # (B, W)

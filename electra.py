@@ -791,11 +791,10 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
+        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            predicted = labels != -100
             h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
         x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
         logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)

@@ -704,11 +704,10 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.apply(self._init_weights)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        keep = None if labels is None else labels != -100                      # (B, T): what the head reads
-        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=keep)  # (B, T, H)
+        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
+        h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            predicted = labels != -100
             h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
         logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
         if labels is not None:

@@ -17,7 +17,6 @@ Every checkpoint directory is written under a temporary name and renamed when co
 kill at any moment leaves the last complete checkpoint intact; --resume continues from it.
 """
 import argparse
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -49,7 +48,6 @@ RECIPES = {
     "albert":  dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=1e-3, warmup=150),
     "electra": dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=5e-4, warmup=150),
 }
-PACKABLE = ("mlm", "rtd")     # the objectives whose rows need no sentence pair: --pack can fill them
 # flags a --resume may change; every other flag must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
                      "compile", "keep", "resume", "out", "show", "max_bad_steps"}
@@ -260,8 +258,8 @@ def check_objective(args, family):
     if objective not in family.PRETRAINING_CLASSES:
         raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
                          f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
-    if getattr(args, "pack", False) and objective not in PACKABLE:
-        raise UsageError(f"--pack is for the objectives without sentence pairs ({', '.join(PACKABLE)}); "
+    if getattr(args, "pack", False) and objective not in data.PACKABLE:
+        raise UsageError(f"--pack is for the objectives without sentence pairs ({', '.join(data.PACKABLE)}); "
                          f"{objective} needs two segments per row: drop --pack or choose another --objective")
     return objective
 
@@ -281,7 +279,7 @@ def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, worl
     are packed (attending across documents, as published); --pack packs any family's, documents apart."""
     masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **getattr(family, "MLM_MASKING", {}))
     pack = getattr(args, "pack", False)
-    packed = (pack or getattr(family, "PACKED_SEQUENCES", False)) and objective in PACKABLE
+    packed = (pack or getattr(family, "PACKED_SEQUENCES", False)) and objective in data.PACKABLE
     return data.PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=args.seq_len,
                                    batch_size=args.batch_size, masker=masker, seed=seed, packed=packed,
                                    separate_documents=pack, rank=rank, world_size=world_size)
@@ -506,8 +504,9 @@ def main(argv=None):
             model = model_cls.from_pretrained(resume_from or Path(args.init_from), strict=bool(resume_from))
         else:
             vocab = -(-tok.vocab_size // args.pad_vocab) * args.pad_vocab
-            padding = {"tokenizer_vocab_size": tok.vocab_size} if vocab > tok.vocab_size and any(
-                f.name == "tokenizer_vocab_size" for f in dataclasses.fields(config_cls)) else {}
+            # a config that samples from its vocabulary (ELECTRA's) learns where the tokenizer's ends
+            padding = ({"tokenizer_vocab_size": tok.vocab_size}
+                       if vocab > tok.vocab_size and hasattr(config_cls, "tokenizer_vocab_size") else {})
             config = config_cls.from_preset(args.preset, vocab_size=vocab, pad_token_id=tok.pad_id,
                                             **padding, **parse_overrides(args.set))
             model = model_cls(config)
