@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .losses import cross_entropy
 
 # The Triton modules are imported here, BEFORE the functions below are defined: importing a
 # submodule sets an attribute of the same name on this package, and `kernels.attention` must
@@ -204,4 +205,4 @@ def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl
     return reference.masked_softmax(scores, key_padding_mask, scale, dropout_p)
 
 
-__all__ = ["attention", "attention_varlen", "masked_softmax", "BACKEND", "IMPLS", "reference"]
+__all__ = ["attention", "attention_varlen", "masked_softmax", "cross_entropy", "BACKEND", "IMPLS", "reference"]
