@@ -1,8 +1,10 @@
 """Attention and masked softmax for the BERT family: Triton kernels with a PyTorch fallback.
 
-    from kernels import attention, attention_varlen
+    from kernels import attention, attention_varlen, cross_entropy
     out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1)   # q, k, v: (B, H, T, D)
     out = attention_varlen(q, k, v, cu_seqlens, max_seqlen)          # q, k, v: (total, H, D), no padding
+    loss = cross_entropy(logits, labels)                             # the MLM loss (kernels/losses.py):
+                                                                     # PyTorch only, one (N, V) buffer
 
 This file is the only place that decides between the backends:
   "triton"  the fused kernels in kernels/attention.py and kernels/softmax.py
