@@ -663,13 +663,14 @@ class BertModel(BertPreTrainedModel):
         """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
         only positions the caller will read (in pretraining, the masked ones and [CLS]); the last layer's
         feed-forward skips the others, whose outputs are zeros."""
-        compiling = torch.compiler.is_compiling()
+        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
+        dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-            if not compiling and bool(attention_mask.all()):                   # no padding at all (as packed
-                attention_mask = None                                          # rows): attend with no mask
-        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
-        dense = attention_mask is None or not self.config.unpad or compiling
+            # no padding at all (as packed rows): attend with no mask. Asked only where unpadding asks
+            # anyway (on a GPU, bool() waits for the device)
+            if not dense and bool(attention_mask.all()):
+                attention_mask, dense = None, True
         if document_ids is None and dense:
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, H)
             return self.encoder(x, attention_mask, keep)                        # (B, T, H)

@@ -737,13 +737,14 @@ class ElectraModel(ElectraPreTrainedModel):
                 keep=None):
         """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
         reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
-        compiling = torch.compiler.is_compiling()
+        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
+        dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
         if attention_mask is not None:
             attention_mask = attention_mask.bool()                             # (B, T), True = real token
-            if not compiling and bool(attention_mask.all()):                   # no padding at all (as packed
-                attention_mask = None                                          # rows): attend with no mask
-        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
-        dense = attention_mask is None or not self.config.unpad or compiling
+            # no padding at all (as packed rows): attend with no mask. Asked only where unpadding asks
+            # anyway (on a GPU, bool() waits for the device)
+            if not dense and bool(attention_mask.all()):
+                attention_mask, dense = None, True
         if document_ids is None and dense:
             x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
             if self.embeddings_project is not None:
