@@ -24,7 +24,8 @@
    at a sentence and no longer than the true B. mlm+sop: A | B in order or swapped, 50/50. Since a region
    fits the row, A + B always fits: no truncation is ever needed. packed (RoBERTa FULL-SENTENCES): fixed
    windows of the corpus read as one stream with a separator after each document, no padding.
-5. Masking (`Masker`): BERT's dynamic masking, redrawn at every step.
+5. Masking (`Masker`): BERT's dynamic masking, redrawn at every step; optionally of whole words (`word_start_table`)
+   and of n-gram spans (ALBERT), at any rate.
 6. Batches. `get_batch(step)` is a pure function of (seed, step, rank): row i of step s on rank r is
    example perm_e[p % N] with p = (s * world_size + r) * batch_size + i, N examples, e = p // N and perm_e
    a permutation seeded by (seed, e); the sentence pairing and the masks are seeded by (seed, s * world_size
@@ -371,14 +372,66 @@ def build_cache(files, tok, cache_dir=CACHE_DIR, val_fraction=0.05, seed=0, chun
 
 # ----------------------------------------------------------------------------- 5. masking
 
+_BYTE_LEVEL_SPACES = {chr(256 + b) for b in (9, 10, 11, 12, 13, 32)}  # how byte-level BPE writes \t \n \v \f \r and ' '
+
+
+def word_start_table(tok):
+    """(vocab_size,) bool tensor, computed once from the vocabulary: does token i begin a word?
+    wordpiece: a piece that continues a word starts with '##' (the model's continuing_subword_prefix).
+    bpe (byte-level): the whitespace before a word is the first character of its first token ('Ġ' for a space,
+    'Ċ' for a line break, ...), so 'Ġ' + 'world' is one word. unigram (Metaspace, as SentencePiece): a word's
+    first piece starts with '▁'. Punctuation stays with its word in bpe and unigram ('world,') and is a word of
+    its own in wordpiece, whose pre-tokenizer splits it off, as BERT's word definition. Special and added
+    tokens are True (the Masker never masks specials; a token after one begins a word whatever it is).
+    A tokenizer that marks no word boundaries this way is a ValueError."""
+    spec = json.loads(tok.backend.to_str())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    pres = pre.get("pretokenizers") or [pre]
+    if tok.kind == "wordpiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
+        starts = lambda t: not t.startswith(prefix)
+    elif tok.kind == "bpe":
+        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or \
+                not any(p.get("type") == "ByteLevel" for p in pres):
+            raise ValueError("this BPE tokenizer is not byte-level (no ByteLevel pre-tokenizer, or it marks words with "
+                             "a prefix/suffix), so its tokens do not tell where words start; whole-word masking "
+                             "needs a byte-level BPE (tokenizer.py's bpe kind), a WordPiece or a Unigram tokenizer")
+        starts = lambda t: t[:1] in _BYTE_LEVEL_SPACES
+    else:
+        marker = next((p.get("replacement") for p in pres if p.get("type") == "Metaspace"), None)
+        if not marker:
+            raise ValueError("this Unigram tokenizer has no Metaspace pre-tokenizer, so its pieces carry no '▁' "
+                             "word marker; whole-word masking needs a Unigram tokenizer like tokenizer.py's "
+                             "(SentencePiece's layout), a WordPiece or a byte-level BPE tokenizer")
+        starts = lambda t: t.startswith(marker)
+    table = torch.ones(tok.vocab_size, dtype=torch.bool)
+    added = set(tok.backend.get_added_tokens_decoder())
+    for token, i in tok.backend.get_vocab(with_added_tokens=True).items():
+        if i < len(table) and i not in added:
+            table[i] = starts(token)
+    return table
+
+
 class Masker:
     """BERT's MLM masking: each ordinary token is chosen with probability `mlm_probability`; a chosen token
     becomes mask_id (`mask_ratio`), a random non-special token (`random_ratio`) or stays as it is (the rest).
     labels hold the original id at chosen positions and -100 elsewhere. Special tokens (padding included)
     are never chosen. A row with no chosen token but some ordinary ones gets one chosen at random, so that
-    every row has a target (this raises the rate slightly for very short rows only)."""
+    every row has a target (this raises the rate slightly for very short rows only).
 
-    def __init__(self, vocab_size, mask_id, special_ids, mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1):
+    Whole-word and n-gram masking (`word_starts`, `max_ngram`; `spans` says how the tokens are grouped): the
+    units are whole words where `word_starts` (`word_start_table(tok)`) says they begin, else single tokens;
+    each stretch of units between special tokens is cut into spans of n consecutive units, n in 1..max_ngram
+    drawn with p(n) proportional to 1/n (ALBERT's n-gram masking, max_ngram 3 in its paper; 1: every unit
+    is a span), and each span is chosen whole with probability mlm_probability. So every ordinary token is
+    still chosen with that probability, a word is chosen all or not at all, and a span never crosses a
+    special token. The released BERT whole-word and ALBERT code draw the 80/10/10 split for each token of a
+    chosen word or n-gram, and so does this by default; per_span=True draws it once per span (SpanBERT's
+    way), so a span is all [MASK], all random or all kept. The default options (word_starts=None,
+    max_ngram=1) run BERT's token masking, unchanged."""
+
+    def __init__(self, vocab_size, mask_id, special_ids, mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1,
+                 word_starts=None, max_ngram=1, per_span=False):
         for name, value in (("mlm_probability", mlm_probability), ("mask_ratio", mask_ratio),
                             ("random_ratio", random_ratio)):
             if not 0.0 <= value <= 1.0:
@@ -386,6 +439,14 @@ class Masker:
         if mask_ratio + random_ratio > 1.0 + 1e-9:
             raise ValueError(f"mask_ratio + random_ratio = {mask_ratio} + {random_ratio} > 1: "
                              f"they are shares of the chosen tokens")
+        if not (isinstance(max_ngram, int) and max_ngram >= 1):
+            raise ValueError(f"max_ngram={max_ngram!r} must be an integer >= 1 (1 = single words or tokens)")
+        if word_starts is not None and (word_starts.dtype != torch.bool or tuple(word_starts.shape) != (vocab_size,)):
+            raise ValueError(f"word_starts must be a bool tensor of shape ({vocab_size},) (word_start_table(tok)), "
+                             f"got {word_starts.dtype} {tuple(word_starts.shape)}")
+        self.word_starts, self.max_ngram, self.per_span = word_starts, max_ngram, per_span
+        p_n = 1.0 / torch.arange(1, max_ngram + 1, dtype=torch.float64)
+        self._ngram_cdf = (p_n.cumsum(0) / p_n.sum())[:-1].float()   # bucketize a uniform draw -> n - 1
         self.mask_id, self.p, self.mask_ratio, self.random_ratio = mask_id, mlm_probability, mask_ratio, random_ratio
         self.special_ids = torch.tensor(sorted(set(special_ids) | {mask_id}), dtype=torch.long)
         ordinary = torch.ones(vocab_size, dtype=torch.bool)
@@ -394,7 +455,12 @@ class Masker:
         if len(self.replacements) == 0:
             raise ValueError(f"vocab_size={vocab_size} leaves no ordinary token to predict")
 
-    def __call__(self, input_ids, generator):
+    def __call__(self, input_ids, generator, starts=None):
+        """(masked input_ids, labels). starts: optional (B, T) bool, positions known to begin a word whatever
+        their token (PretrainingBatches passes sentence starts: byte-level BPE writes a sentence's first word
+        without its 'Ġ' when sentences are tokenized one by one); used with word_starts only."""
+        if self.word_starts is not None or self.max_ngram > 1:
+            return self._mask_spans(input_ids, generator, starts)
         shape = input_ids.shape
         maskable = ~torch.isin(input_ids, self.special_ids)                              # (B, T)
         chosen = (torch.rand(shape, generator=generator) < self.p) & maskable            # (B, T)
@@ -404,6 +470,57 @@ class Masker:
             chosen[starved, pick[starved]] = True
         labels = torch.where(chosen, input_ids, -100)
         u = torch.rand(shape, generator=generator)
+        to_mask = chosen & (u < self.mask_ratio)
+        to_random = chosen & (u >= self.mask_ratio) & (u < self.mask_ratio + self.random_ratio)
+        random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=generator)]
+        masked = torch.where(to_random, random_ids, input_ids)
+        return masked.masked_fill(to_mask, self.mask_id), labels
+
+    def spans(self, input_ids, generator, starts=None):
+        """(span, maskable), both (B, T): span numbers the spans of each row 0, 1, ... left to right at their
+        tokens (-1 at special ones), maskable = not special. The n-gram lengths are drawn from `generator`."""
+        B, T = input_ids.shape
+        maskable = ~torch.isin(input_ids, self.special_ids)                              # (B, T)
+        stretch = maskable.clone()                                                       # (B, T) begins a stretch:
+        stretch[:, 1:] &= ~maskable[:, :-1]                                              # after a special token
+        unit = stretch | (maskable if self.word_starts is None else maskable & self.word_starts[input_ids])
+        if starts is not None and self.word_starts is not None:
+            unit |= starts & maskable                                                    # (B, T) a unit begins here
+        uid = unit.cumsum(1) - 1                                                         # (B, T) each token's unit
+        if self.max_ngram == 1:
+            return torch.where(maskable, uid, -1), maskable
+        # n-grams: the units u = 0, 1, ... of a row (slots of size T) are tiled, stretch by stretch, by spans of
+        # n_u units: the k-th span of a stretch whose first unit is h begins at h + n_h + ... + n_(h+k-1), a
+        # prefix sum restarted at every stretch; a span that would begin past its stretch does not exist
+        j = torch.arange(T)
+        first = torch.zeros(B, T + 1, dtype=torch.bool)
+        first = first.scatter_(1, torch.where(stretch, uid, T), True)[:, :T]             # (B, U) unit begins a stretch
+        stretch_of = first.cumsum(1)                                                     # (B, U)
+        head = torch.where(first, j, 0).cummax(1).values                                 # (B, U) its stretch's 1st
+        n = torch.bucketize(torch.rand(B, T, generator=generator), self._ngram_cdf) + 1  # (B, U) in 1..max_ngram
+        before = n.cumsum(1) - n                                                         # (B, U)
+        begin = head + before - before.gather(1, head)                                   # (B, U) k = u - head
+        inside = (begin < unit.sum(1, keepdim=True)) & (stretch_of.gather(1, begin.clamp(max=T - 1)) == stretch_of)
+        span_start = torch.zeros(B, T + 1, dtype=torch.bool)
+        span_start = span_start.scatter_(1, torch.where(inside, begin, T), True)[:, :T]  # (B, U) a span begins at unit
+        span = (span_start.cumsum(1) - 1).gather(1, uid.clamp(min=0))                    # (B, T)
+        return torch.where(maskable, span, -1), maskable
+
+    def _mask_spans(self, input_ids, generator, starts=None):
+        """Whole-word / n-gram masking (class docstring): each span chosen whole with probability p."""
+        shape = input_ids.shape
+        span, maskable = self.spans(input_ids, generator, starts)                        # (B, T) each
+        slot = span.clamp(min=0)                                                         # (B, T) index of a span
+        chosen = (torch.rand(shape, generator=generator) < self.p).gather(1, slot) & maskable  # (B, T)
+        starved = maskable.any(1) & ~chosen.any(1)                                       # (B,)
+        if self.p > 0 and starved.any():                                                 # one span at random
+            n_spans = span.amax(1) + 1                                                   # (B,)
+            pick = torch.minimum((torch.rand(shape[0], generator=generator) * n_spans).long(), n_spans - 1)
+            chosen |= starved[:, None] & (span == pick[:, None])
+        labels = torch.where(chosen, input_ids, -100)
+        u = torch.rand(shape, generator=generator)
+        if self.per_span:
+            u = u.gather(1, slot)                                                        # one draw per span
         to_mask = chosen & (u < self.mask_ratio)
         to_random = chosen & (u >= self.mask_ratio) & (u < self.mask_ratio + self.random_ratio)
         random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=generator)]
@@ -451,7 +568,10 @@ class PretrainingBatches:
     packed=True (mlm, rtd): rows are windows of the whole corpus read as one stream, a separator after each
     document, no padding (RoBERTa's FULL-SENTENCES). separate_documents=True adds `document_ids` (B, T):
     the documents in a row numbered 0, 1, ... (a document's separator is its own), which the models use
-    for block-diagonal attention and restarting positions, so no document sees another."""
+    for block-diagonal attention and restarting positions, so no document sees another.
+
+    With a whole-word Masker (word_starts set), the masker is also told where the corpus's sentences begin:
+    each sentence is tokenized alone, so byte-level BPE writes its first word without the 'Ġ' that marks one."""
 
     def __init__(self, corpus, tok, objective, seq_len, batch_size, masker, seed=0, packed=False,
                  short_seq_prob=0.1, rank=0, world_size=1, separate_documents=False):
@@ -469,6 +589,7 @@ class PretrainingBatches:
             raise ValueError(f"seq_len={seq_len}, batch_size={batch_size}: too small for {objective}")
         self.corpus, self.objective, self.masker, self.seed, self.packed = corpus, objective, masker, seed, packed
         self.separate_documents = separate_documents
+        self._words = getattr(masker, "word_starts", None) is not None  # whole-word masking: pass sentence starts
         self.seq_len, self.batch_size, self.rank, self.world_size = seq_len, batch_size, rank, world_size
         self.pad_id = tok.pad_id
         # the special-token template, read off the tokenizer with two ordinary sentinel ids
@@ -526,18 +647,21 @@ class PretrainingBatches:
         (pre, _), _, (post, _) = self._parts
         B = len(ex)
         ids = np.concatenate([np.broadcast_to(pre, (B, len(pre))), body, np.broadcast_to(post, (B, len(post)))], 1)
+        src = None  # with whole-word masking: each token's position in corpus.tokens (-1: template, separator)
+        if self._words:
+            src = np.pad(np.where(is_sep, -1, pos), ((0, 0), (len(pre), len(post))), constant_values=-1)
         if not self.separate_documents:
-            return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), None
+            return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), None, src
         # a new document after each separator (also where the stream wraps round); the template's
         # leading tokens belong to the first document of the row, its trailing ones to the last
         after_sep = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(is_sep, 1)[:, :-1]], 1)   # (B, W)
         doc_ids = np.concatenate([np.zeros((B, len(pre)), np.int64), after_sep,
                                   np.broadcast_to(after_sep[:, -1:], (B, len(post)))], 1)
-        return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), doc_ids
+        return ids, np.zeros_like(ids), np.full(B, ids.shape[1]), doc_ids, src
 
     def _pair(self, e, rng):
-        """(a, b, label): the two segments of example e as token arrays, and the NSP/SOP label."""
-        toks, so = self.corpus.tokens, self.corpus.sent_offsets
+        """(a0, a1, b0, b1, label): the two segments of example e as token ranges, and the NSP/SOP label."""
+        so = self.corpus.sent_offsets
         d, t0, t1 = self._doc[e], self._start[e], self._end[e]
         inner = so[np.searchsorted(so, t0, "right"):np.searchsorted(so, t1, "left")]  # sentence starts in (t0, t1)
         cut = int(inner[rng.integers(len(inner))]) if len(inner) else int(rng.integers(t0 + 1, t1))
@@ -551,8 +675,7 @@ class PretrainingBatches:
             starts = so[self.corpus.doc_offsets[other]:self.corpus.doc_offsets[other + 1]]
             b0 = int(rng.choice(starts[starts < hi]))
             b1 = min(hi, b0 + (t1 - cut))  # at most as long as the true continuation: A + B still fits
-        a, b = toks[a0:a1], toks[b0:b1]
-        return (b, a, label) if label and self.objective == "mlm+sop" else (a, b, label)
+        return (b0, b1, a0, a1, label) if label and self.objective == "mlm+sop" else (a0, a1, b0, b1, label)
 
     def get_batch(self, step):
         if step < 0:
@@ -562,23 +685,28 @@ class PretrainingBatches:
         rng = np.random.default_rng(_seed(self.seed, g, 0, 1))
         extra = {}
         if self.packed:
-            ids, types, lengths, doc_ids = self._packed_rows(ex)
+            ids, types, lengths, doc_ids, src = self._packed_rows(ex)
             if self.separate_documents:
                 extra["document_ids"] = torch.from_numpy(doc_ids)
         else:
             B, T = len(ex), self.seq_len
             ids, types = np.full((B, T), self.pad_id, np.int64), np.zeros((B, T), np.int64)
             lengths, labels = np.zeros(B, np.int64), np.zeros(B, np.int64)
+            toks, src = self.corpus.tokens, np.full((B, T), -1, np.int64) if self._words else None
             for i, e in enumerate(ex):
                 if self.pair:
-                    a, b, labels[i] = self._pair(e, rng)
-                    pieces = [self._parts[0], (a, self._type_a), self._parts[1], (b, self._type_b), self._parts[2]]
+                    a0, a1, b0, b1, labels[i] = self._pair(e, rng)
+                    pieces = [self._parts[0], (toks[a0:a1], self._type_a), self._parts[1], (toks[b0:b1], self._type_b),
+                              self._parts[2]]
+                    origins = (None, a0, None, b0, None)
                 else:
-                    a = self.corpus.tokens[self._start[e]:self._end[e]]
-                    pieces = [self._parts[0], (a, self._type_a), self._parts[2]]
+                    pieces = [self._parts[0], (toks[self._start[e]:self._end[e]], self._type_a), self._parts[2]]
+                    origins = (None, self._start[e], None)
                 n = 0
-                for tokens, type_ids in pieces:
+                for (tokens, type_ids), origin in zip(pieces, origins):
                     ids[i, n:n + len(tokens)], types[i, n:n + len(tokens)] = tokens, type_ids
+                    if self._words and origin is not None:
+                        src[i, n:n + len(tokens)] = np.arange(origin, origin + len(tokens))
                     n += len(tokens)
                 lengths[i] = n
             if self.pair:
@@ -586,10 +714,20 @@ class PretrainingBatches:
                 extra[name] = torch.from_numpy(labels)
         input_ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         attention_mask = torch.arange(input_ids.shape[1]) < torch.from_numpy(lengths)[:, None]
-        masked, mlm_labels = self.masker(input_ids, torch.Generator().manual_seed(_seed(self.seed, g, 0, 2)))
+        masking = torch.Generator().manual_seed(_seed(self.seed, g, 0, 2))
+        if self._words:
+            masked, mlm_labels = self.masker(input_ids, masking, starts=self._sentence_starts(src))
+        else:
+            masked, mlm_labels = self.masker(input_ids, masking)
         return {"input_ids": masked, "attention_mask": attention_mask,
                 "token_type_ids": torch.from_numpy(np.ascontiguousarray(types, dtype=np.int64)),
                 "labels": mlm_labels, **extra}
+
+    def _sentence_starts(self, src):
+        """(B, T) bool tensor: the tokens that begin a sentence of the corpus, from their corpus positions."""
+        so = self.corpus.sent_offsets
+        at = so[np.minimum(np.searchsorted(so, src), len(so) - 1)]
+        return torch.from_numpy((src >= 0) & (at == src))
 
     def __iter__(self):
         return self.iterate(0)
