@@ -170,7 +170,8 @@ def _random_rows(n_rows=400, T=128, seed=0):
 @pytest.mark.parametrize("words, max_ngram", [(True, 1), (False, 3), (True, 3)])
 def test_masked_share_is_the_rate(tok, rows, rate, words, max_ngram):
     """Every span is chosen with probability `rate`, so the chosen share of the ordinary tokens is `rate` within
-    4 standard deviations of sum(chosen span lengths) (rows are long enough that no row goes without a target)."""
+    4 standard deviations of a sum of span lengths each drawn with that probability (the rows are long enough
+    that no row goes without a target, which would add one)."""
     ids, _ = rows
     masker = _masker(tok, words, max_ngram=max_ngram, mlm_probability=rate)
     span, maskable = masker.spans(ids, torch.Generator().manual_seed(2))     # the spans the call below uses
