@@ -49,6 +49,7 @@ second axis); 0 <= dropout_p < 1. Accumulation is in fp32. For fp32 inputs the m
 torch.backends.cuda.matmul.allow_tf32 (ieee by default, like torch).
 """
 import contextlib
+import json
 import math
 import os
 
@@ -65,28 +66,88 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"   # read at import, 
 
 # -------------------------------------------------------------------------------------------------
 # Configs. The interpreter cannot autotune over several configs and pays ~10 ms per (program x
-# block step), so it gets one config with 64-wide blocks. On the GPU: BLOCK_M x BLOCK_N tiles of
-# 64/128, 4 or 8 warps, 2-4 pipeline stages; configs that do not fit in shared memory (e.g.
-# 128 x 128 at D = 128 with 4 stages) fail to compile and the autotuner skips them. The tuning key
-# is the sequence length rounded up to a power of 2, the head dim and whether dropout is on
-# (the autotuner adds the dtypes itself).
+# block step), so it gets one config with 64-wide blocks. On the GPU the autotuner is offered,
+# per case, only the candidates below that compile, fit in shared memory and do not spill
+# registers there: kernels/offered_configs.json, per kernel, target (sm_80 for compute
+# capability 8.x, sm_90 for 9.x), precision, head dim and dropout, written by
+# `python -m kernels.aot --write-offered` from compiling every candidate ahead of time (see
+# kernels/aot.py). The tuning key is the sequence length rounded up to a power of 2, the head dim
+# and the switches that change the compiled code (the autotuner adds the dtypes itself).
+# KERNELS_MAX_CONFIGS=n (read at import) keeps the first n offered configs only: a quick compiled
+# test run (gpu_check.py's tests part uses 1) compiles one config per kernel and case, not all.
 # -------------------------------------------------------------------------------------------------
-def _configs(pairs, interpret_pair):
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV: one program per key block (BLOCK_N) keeps
+# k, v, dk, dv in registers and walks the query blocks (BLOCK_M); dQ: one program per query block
+# walks the key blocks.
+GPU_CONFIGS = {
+    "_attn_fwd": ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
+                  (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)),
+    "_attn_bwd_dkdv": ((64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 2),
+                       (64, 64, 4, 3), (32, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)),
+    "_attn_bwd_dq": ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 2),
+                     (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2)),
+}
+_INTERPRET_CONFIG = (64, 64, 4, 1)
+_TUNE_KEY = ["T_BUCKET", "HEAD_DIM", "DROPOUT", "HAS_MASK", "VARLEN", "DOT_PRECISION"]
+_OFFERED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "offered_configs.json")
+
+
+def config_name(block_m, block_n, num_warps, num_stages):
+    return f"{block_m}x{block_n}w{num_warps}s{num_stages}"
+
+
+def case_name(precision, head_dim, dropout):
+    """The key of a case in offered_configs.json, e.g. "bf16/d64/dropout"."""
+    return f"{precision}/d{head_dim}/{'dropout' if dropout else 'no-dropout'}"
+
+
+def precision_name(dtype, dot_precision):
+    """fp16, bf16; fp32 operands: fp32 (ieee matmuls, torch's default) or tf32."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "tf32" if dot_precision == "tf32" else "fp32")
+
+
+def _load_offered(path=_OFFERED_PATH):
+    """{kernel: {target: {case: [config names]}}}; {} (no pruning) when the file is absent."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)["offered"]
+
+
+_OFFERED = _load_offered()
+_MAX_CONFIGS = int(os.environ.get("KERNELS_MAX_CONFIGS", "0") or 0) or None
+
+
+def _table_target(device):
+    """The compiled target whose table applies on this device; None (offer everything) if none does."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return {8: "sm_80", 9: "sm_90"}.get(major)
+
+
+def _offered_only(kernel):
+    """The autotuner's early_config_prune hook for `kernel`: the configs offered_configs.json lists for
+    this case; all of them where the table has no entry (another GPU, a case not compiled)."""
+    def prune(configs, nargs, **kwargs):
+        q = nargs["Q"]
+        target = _table_target(q.device) if q.is_cuda else None
+        case = case_name(precision_name(q.dtype, kwargs["DOT_PRECISION"]), kwargs["HEAD_DIM"], kwargs["DROPOUT"])
+        names = _OFFERED.get(kernel, {}).get(target, {}).get(case, ())
+        kept = [c for c in configs if config_name(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                                  c.num_stages) in names]
+        return (kept or configs)[:_MAX_CONFIGS]
+    return prune
+
+
+def _configs(kernel):
+    """@triton.autotune's arguments for `kernel`: one config under the interpreter, else every
+    candidate of GPU_CONFIGS, pruned per case to those offered_configs.json offers."""
     if _INTERPRET:
-        return [triton.Config({"BLOCK_M": interpret_pair[0], "BLOCK_N": interpret_pair[1]},
-                              num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+        m, n, w, s = _INTERPRET_CONFIG
+        return dict(configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)], key=_TUNE_KEY)
+    return dict(configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                         for m, n, w, s in GPU_CONFIGS[kernel]],
+                key=_TUNE_KEY, prune_configs_by={"early_config_prune": _offered_only(kernel)})
 
-
-_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 4),
-                         (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 4, 3)], (64, 64))
-# dK/dV: one program per key block (BLOCK_N) keeps k, v, dk, dv in registers and walks the
-# query blocks (BLOCK_M); dQ: one program per query block walks the key blocks.
-_DKDV_CONFIGS = _configs([(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 2),
-                          (64, 64, 4, 3), (32, 64, 4, 3)], (64, 64))
-_DQ_CONFIGS = _configs([(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 2),
-                        (64, 64, 4, 3), (64, 32, 4, 3)], (64, 64))
-_TUNE_KEY = ["T_BUCKET", "HEAD_DIM", "DROPOUT"]
 
 # EVEN_M / EVEN_N: the sequence length is a multiple of the block, so loads and stores skip
 # their boundary masks. KEY_BIAS: some keys must be excluded (padding, or the ragged end).
@@ -152,7 +213,7 @@ def _store_rows(ptrs, x, offs, T, EVEN: tl.constexpr):
 # -------------------------------------------------------------------------------------------------
 # Forward: one program per (query block, batch*head)
 # -------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(**_configs("_attn_fwd"))
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END, CU_SEQLENS,
@@ -231,7 +292,7 @@ def _attn_fwd(Q, K, V, O, LSE, KEEP, KEY_END, CU_SEQLENS,
 # make the autotuner's repeated launches unsafe without a reset hook). It runs FIRST and also
 # computes D_i for its rows (no separate preprocessing pass); the dK/dV kernel then reads D.
 # -------------------------------------------------------------------------------------------------
-@triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(**_configs("_attn_bwd_dq"))
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END, CU_SEQLENS,
@@ -292,7 +353,7 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, DELTA, KEEP, KEY_END, CU_SEQLENS,
                 dq.to(DQ.dtype.element_ty), offs_m, len_q, EVEN_M)
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(**_configs("_attn_bwd_dkdv"))
 @triton.heuristics(_HEURISTICS)
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEEP, KEY_END, CU_SEQLENS,
