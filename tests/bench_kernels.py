@@ -6,7 +6,8 @@ Skipped without CUDA, and in the normal test run (pytest.ini passes --benchmark-
 
 Attention providers, per group "attention {fwd|fwd+bwd} T={T} {dtype}", BERT-base heads (H = 12,
 D = 64), B*T = 16384 tokens, ~30% of the keys padding (right padding, random lengths):
-  triton       kernels.attention(impl="triton"): the flash kernel of this repo
+  triton       kernels.attention(impl="triton"): the flash kernel of this repo, with the mask
+  triton_nomask  the same kernel without a mask (it attends to the padding too): beside sdpa_nomask
   sdpa_mask    F.scaled_dot_product_attention with the (B, 1, 1, T) bool mask: same semantics,
                PyTorch routes it to the memory-efficient kernel
   sdpa_nomask  SDPA without a mask: the flash backend, a speed ceiling with other semantics
@@ -55,6 +56,7 @@ def sdpa_nomask(q, k, v, mask):
 
 ATTENTION_PROVIDERS = {
     "triton": lambda q, k, v, mask: kernels.attention(q, k, v, mask, impl="triton"),
+    "triton_nomask": lambda q, k, v, mask: kernels.attention(q, k, v, None, impl="triton"),
     "sdpa_mask": sdpa_mask,
     "sdpa_nomask": sdpa_nomask,
     "eager": reference.attention,

@@ -425,7 +425,7 @@ def test_tiny_bert_trains_identically_through_both_backends(monkeypatch, unpad):
     cfg = bert.BertConfig.from_preset("tiny", vocab_size=64, hidden_size=32, num_attention_heads=2,
                                       intermediate_size=64, hidden_dropout_prob=0.0,
                                       attention_probs_dropout_prob=0.0, unpad=unpad)
-    model = bert.BertForPreTraining(cfg)
+    model = bert.BertForPreTraining(cfg).to(DEVICE)
     B, T = 2, 19
     ids = torch.randint(5, 64, (B, T))
     mask = torch.arange(T)[None] < torch.tensor([[T], [7]])
@@ -433,6 +433,7 @@ def test_tiny_bert_trains_identically_through_both_backends(monkeypatch, unpad):
     labels[:, 1] = ids[:, 1]
     batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), labels=labels,
                  next_sentence_label=torch.tensor([0, 1]))
+    batch = {name: x.to(DEVICE) for name, x in batch.items()}                   # on a GPU the kernels run compiled
 
     def step(backend):
         monkeypatch.setattr(kernels, "BACKEND", backend)
