@@ -288,8 +288,9 @@ def task_score(metrics):
 
 # ----------------------------------------------------------------------------- model, tokenizer, batches
 
-def load_model(path, num_labels):
-    """XForSequenceClassification of the family named by path/config.json's model_type."""
+def load_model(path, num_labels, random_init=False):
+    """XForSequenceClassification of the family named by path/config.json's model_type. random_init: the
+    architecture of path/config.json with random weights (none are read): the no-pretraining baseline."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UsageError(f"--init-from {path} is not a checkpoint directory: it has no config.json")
@@ -303,6 +304,11 @@ def load_model(path, num_labels):
     family = importlib.import_module(model_type)
     cls = getattr(family, FAMILIES[model_type] + "ForSequenceClassification")
     try:    # prints one line naming the freshly initialised head (and one for unused pretraining heads)
+        if random_init:
+            config = cls.config_class.from_dict({**json.loads((path / "config.json").read_text()),
+                                                 "num_labels": num_labels})
+            print(f"{cls.__name__}: every weight initialised at random (--random-init): no pretraining")
+            return cls(config), family
         model = cls.from_pretrained(path, num_labels=num_labels)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
@@ -426,7 +432,7 @@ def finetune(args):
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
-    model, family = load_model(args.init_from, 1 if regression else len(classes))
+    model, family = load_model(args.init_from, 1 if regression else len(classes), args.random_init)
     source = args.tokenizer or args.init_from
     try:
         tok = tokenizers_lib.load(source)
@@ -556,6 +562,9 @@ def parse_args(argv=None):
     p.add_argument("--label-col", default="label", help="the label column")
     p.add_argument("--regression", action="store_true", help="the label is a real number (MSE, Pearson/Spearman)")
     p.add_argument("--init-from", required=True, help="a train.py run directory or a Hugging Face checkpoint directory")
+    p.add_argument("--random-init", action="store_true",
+                   help="random weights in --init-from's architecture (its config.json and tokenizer): the "
+                        "no-pretraining baseline")
     p.add_argument("--tokenizer", help="tokenizer directory or file (default: the --init-from directory's)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)

@@ -336,6 +336,35 @@ def test_every_family_fine_tunes_from_its_run_directory(family, kind, tmp_path, 
         assert (ckpt / "generator" / "config.json").is_file()
 
 
+def test_random_init_keeps_the_architecture_and_reads_no_weight(tmp_path, tokenizers, capsys):
+    """--random-init: the no-pretraining baseline. The model is --init-from's architecture with weights
+    drawn at random (seeded by --seed), so a folder with only config.json and the tokenizer is enough."""
+    ckpt = tmp_path / "electra"
+    make_checkpoint(ckpt, "electra", tokenizers["wordpiece"])
+    pretrained, _ = finetune.load_model(ckpt, num_labels=3)
+    torch.manual_seed(0)
+    fresh, _ = finetune.load_model(ckpt, num_labels=3, random_init=True)
+    assert "initialised at random" in capsys.readouterr().out
+    want, got = pretrained.state_dict(), fresh.state_dict()
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    weights = [k for k in want if k.endswith("weight") and "LayerNorm" not in k]       # norms start at 1
+    assert weights and not any(torch.equal(got[k], want[k]) for k in weights)
+    torch.manual_seed(0)
+    again, _ = finetune.load_model(ckpt, num_labels=3, random_init=True)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in got.items())           # the seed decides
+    bare = tmp_path / "bare"                                                              # no weights at all
+    bare.mkdir()
+    (bare / "config.json").write_text((ckpt / "config.json").read_text())
+    tokenizers["wordpiece"].save(bare)
+    train, dev = write_task(tmp_path / "data", 64, 32)
+    [r] = run("--train", train, "--dev", dev, "--init-from", bare, "--random-init", "--out", tmp_path / "out",
+              "--epochs", 1, "--batch-size", 16, "--lr", "1e-3")
+    assert r["args"]["random_init"] and 0 <= r["score"] <= 1
+    assert "at random, shaped as" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="no config.json"):
+        finetune.load_model(tmp_path / "data", num_labels=2, random_init=True)
+
+
 def test_hugging_face_checkpoint_directory(tmp_path, tokenizers):
     transformers = pytest.importorskip("transformers")
     tok = tokenizers["wordpiece"]
