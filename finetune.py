@@ -464,7 +464,8 @@ def finetune(args):
     head = "regression (MSE)" if regression else f"{len(classes)} classes"
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{task}: {len(train_rows)} train / {', '.join(f'{len(r)} {n}' for n, r in dev_rows.items())} examples, "
-          f"{head}; {type(model).__name__} from {args.init_from} ({n_params / 1e6:.1f}M), {device} "
+          f"{head}; {type(model).__name__} {'at random, shaped as' if args.random_init else 'from'} {args.init_from} "
+          f"({n_params / 1e6:.1f}M), {device} "
           f"{args.precision}; {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}, lr {args.lr}"
           + (f", layer decay {args.layer_decay}" if args.layer_decay else ""))
 
