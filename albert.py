@@ -21,7 +21,8 @@ The paper also masks n-grams of up to 3 tokens for MLM; data.py masks single tok
 
 Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a published
 checkpoint directory and `save_pretrained` writes one that `transformers` loads with the same
-outputs. This file depends only on torch, safetensors and `kernels`.
+outputs (modeling.py does the reading and writing). This file depends only on torch, `kernels`
+and modeling.py.
 
 Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
 as in bert.py (see its docstring): `AlbertModel.forward(input_ids, attention_mask=None,
@@ -32,37 +33,21 @@ are bert.py's (see its docstring), written here for ALBERT's own layer: with pre
 `attention.LayerNorm` and `full_layer_layer_norm` normalise their sublayer's input, and
 `encoder.final_layer_norm` follows the last step.
 """
-import json
-import os
-import pickle
-import re
-import tempfile
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import attention, attention_varlen, cross_entropy
-
-TOKENIZER_KIND = "unigram"            # tokenizer.py kind this family is pretrained with
-DEFAULT_OBJECTIVE = "mlm+sop"         # train.py --objective; PRETRAINING_CLASSES (at the end) lists all
+from kernels import Layout, cross_entropy, self_attention
+from modeling import ACT2FN, CRAMMED, Config, Family, PreTrainedModel, classification_loss, make_norm
 
 
 # ----------------------------------------------------------------------------- config
 
-# Copied from bert.OPTION_VALUES
-OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
-                 "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
-# Copied from bert.CRAMMED
-CRAMMED = dict(pre_layernorm=True, norm_type="layernorm", use_bias=False, ffn_type="geglu",
-               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
 @dataclass
-class AlbertConfig:
+class AlbertConfig(Config):
     # The defaults are transformers' (ALBERT-xxlarge), so a config.json that leaves a key out
     # means here what it means there. Use a preset for the other sizes.
     vocab_size: int = 30000
@@ -109,68 +94,12 @@ class AlbertConfig:
     }
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+        super().__post_init__()
         if not 1 <= self.num_hidden_groups <= self.num_hidden_layers:
             raise ValueError(f"num_hidden_groups {self.num_hidden_groups} must lie in [1, num_hidden_layers "
                              f"= {self.num_hidden_layers}]: a group that no layer uses is never trained")
         if self.inner_group_num < 1:
             raise ValueError(f"inner_group_num {self.inner_group_num} must be at least 1")
-        for name, allowed in OPTION_VALUES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(map(repr, allowed))}")
-
-    # Copied from bert.BertConfig.from_preset
-    @classmethod
-    def from_preset(cls, name, **overrides):
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown {cls.model_type} preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
-    # Copied from bert.BertConfig.from_dict
-    @classmethod
-    def from_dict(cls, d):
-        """Build from a config.json dict, ignoring the keys this file does not use. Another family's
-        model_type is refused; the sizes that shape the weights are required (a default would build
-        another model); every value must have its field's type."""
-        if d.get("model_type", cls.model_type) != cls.model_type:
-            raise ValueError(f"it is for model_type {d.get('model_type')!r}, not {cls.model_type!r}: "
-                             f"load it with the {d.get('model_type')}.py file instead")
-        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        if any(k not in d for k in sizes):
-            raise ValueError(f"it lacks {', '.join(k for k in sizes if k not in d)} (the sizes of the weights)")
-        types = {f.name: f.type for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in types}
-        if "id2label" in d and "num_labels" not in d:
-            kw["num_labels"] = len(d["id2label"])
-        allowed = {bool: bool, int: int, float: (int, float), str: str, Optional[float]: (int, float, type(None)),
-                   Optional[int]: (int, type(None))}
-        wrong = [f"{k} should be {getattr(types[k], '__name__', types[k])}, not {v!r}" for k, v in kw.items()
-                 if (isinstance(v, bool) and types[k] is not bool) or not isinstance(v, allowed.get(types[k], object))]
-        wrong += [f"{k} should be positive, not {kw[k]}" for k in sizes if not wrong and kw[k] < 1]
-        if wrong:
-            raise ValueError("; ".join(wrong))
-        return cls(**kw)
-
-    # Copied from bert.BertConfig.to_dict
-    def to_dict(self):
-        d = asdict(self)
-        d["model_type"] = self.model_type
-        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
-        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
-        del d["num_labels"]
-        del d["unpad"]                  # how to run, not what the checkpoint is: not in config.json
-        for name, values in OPTION_VALUES.items():
-            if d[name] == values[0]:    # a published architecture's config.json stays as transformers writes it
-                del d[name]
-        return d
-
-    # Copied from bert.BertConfig.hf_incompatible
-    def hf_incompatible(self):
-        """The options set here that transformers' classes cannot express, as 'name=value' strings."""
-        return [f"{name}={getattr(self, name)!r}" for name, values in OPTION_VALUES.items()
-                if getattr(self, name) != values[0]]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -197,58 +126,6 @@ def _mlm_loss(logits, labels, metrics):
 
 # ----------------------------------------------------------------------------- blocks
 
-# Copied from bert.ACT2FN
-ACT2FN = {"gelu": F.gelu, "relu": F.relu,
-          "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-          "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
-# Copied from bert.make_norm
-def make_norm(config, size, bias=True):
-    """The norm over the last dim, of `size` features: LayerNorm, or RMSNorm (a weight, no bias)."""
-    if config.norm_type == "rmsnorm":
-        return nn.RMSNorm(size, eps=config.layer_norm_eps)
-    return nn.LayerNorm(size, eps=config.layer_norm_eps, bias=bias)
-
-
-# Copied from bert.Unpadded
-class Unpadded(NamedTuple):
-    """Where the real tokens of a (B, T) batch are, for the unpadded (total, H) layout."""
-    indices: torch.Tensor         # (total,) int64: flat index b * T + t of each real token, in order
-    cu_seqlens: torch.Tensor      # (S+1,) int32: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]
-    max_seqlen: int               # the longest sequence
-    starts: torch.Tensor          # (B, T) bool: True at the first token of each sequence
-
-
-# Copied from bert.unpad
-def unpad(attention_mask, document_ids=None):
-    """The sequences of a batch: the runs of real tokens in each row, split where document_ids changes.
-
-    attention_mask: (B, T) bool, True = real; document_ids: (B, T) int or None. A sequence never
-    crosses a row, a padded position or a change of document id.
-    """
-    real = attention_mask                                                     # (B, T)
-    new = torch.ones_like(real)
-    new[:, 1:] = ~real[:, :-1]                                                # first column, or after padding
-    if document_ids is not None:
-        new[:, 1:] |= document_ids[:, 1:] != document_ids[:, :-1]
-    starts = real & new                                                       # (B, T)
-    indices = real.flatten().nonzero().squeeze(1)                             # (total,) graph break here
-    first = starts.flatten()[indices].nonzero().squeeze(1)                    # (S,) row where each sequence starts
-    if first.numel() == 0:                                                    # no real token at all
-        first = indices.new_zeros(1)
-    cu_seqlens = torch.cat([first, first.new_tensor([indices.numel()])]).to(torch.int32)   # (S+1,)
-    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    return Unpadded(indices, cu_seqlens, max_seqlen, starts)
-
-
-# Copied from bert.pad
-def pad(x, indices, B, T):
-    """(total, H) rows back to (B, T, H), zeros at the padded positions."""
-    out = x.new_zeros(B * T, x.shape[-1]).index_copy(0, indices, x)          # (B*T, H)
-    return out.view(B, T, -1)                                                 # (B, T, H)
-
-
 # Copied from bert.BertEmbeddings with Bert->Albert,hidden_size->embedding_size,H)->E)
 class AlbertEmbeddings(nn.Module):
     def __init__(self, config):
@@ -259,12 +136,8 @@ class AlbertEmbeddings(nn.Module):
         self.LayerNorm = make_norm(config, config.embedding_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        """input_ids (B, T), or (total,) real tokens gathered by the model (with all three ids given)."""
-        if position_ids is None:
-            position_ids = self.make_position_ids(input_ids)                   # (1, T)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+    def forward(self, input_ids, token_type_ids, position_ids):
+        """ids (B, T) (positions may be (1, T)), or the (total,) real tokens of an unpadded layout."""
         x = self.word_embeddings(input_ids)                                    # (B, T, E)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))                                  # (B, T, E)
@@ -284,7 +157,8 @@ class AlbertEmbeddings(nn.Module):
 
 
 class AlbertAttention(nn.Module):
-    """Self-attention and its output projection + residual + LayerNorm, in one module (BERT uses three)."""
+    """Self-attention and its output projection in one module (BERT uses three); it also holds the
+    attention sublayer's norm, which AlbertLayer applies."""
 
     def __init__(self, config):
         super().__init__()
@@ -297,35 +171,18 @@ class AlbertAttention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
         self.LayerNorm = make_norm(config, config.hidden_size, bias=config.use_bias)
-        self.pre_layernorm = config.pre_layernorm
 
-    def forward(self, x, attention_mask=None):
-        """x (B, T, H) with attention_mask (B, T) or None; or x (total, H) with an Unpadded layout."""
-        p = self.dropout_p if self.training else 0.0
-        residual = x
-        if self.pre_layernorm:                                                        # pre-LN: attend to LN(x)
-            x = self.LayerNorm(x)
-        if isinstance(attention_mask, Unpadded):
-            N, H = x.shape
-            q = self.query(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
-            k = self.key(x).view(N, self.num_heads, self.head_dim)                   # (N, nh, hd)
-            v = self.value(x).view(N, self.num_heads, self.head_dim)                 # (N, nh, hd)
-            y = attention_varlen(q, k, v, attention_mask.cu_seqlens, attention_mask.max_seqlen, dropout_p=p)
-            y = y.reshape(N, H)                                                       # (N, H)
-        else:
-            B, T, H = x.shape
-            q = self.query(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-            k = self.key(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)    # (B, nh, T, hd)
-            v = self.value(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-            y = attention(q, k, v, key_padding_mask=attention_mask, dropout_p=p)         # (B, nh, T, hd)
-            y = y.transpose(1, 2).reshape(B, T, H)                                        # (B, T, H)
-        x = residual + self.output_dropout(self.dense(y))                                 # (B, T, H)
-        return x if self.pre_layernorm else self.LayerNorm(x)                             # post-LN: LN(x + Attn(x))
+    def forward(self, x, layout):
+        """x (B, T, H) or (total, H), as `layout` says."""
+        heads = (*x.shape[:-1], self.num_heads, self.head_dim)
+        q, k, v = (proj(x).view(heads) for proj in (self.query, self.key, self.value))   # (..., nh, hd) each
+        y = self_attention(q, k, v, layout, dropout_p=self.dropout_p if self.training else 0.0)
+        return self.output_dropout(self.dense(y.flatten(-2)))                  # (..., H)
 
 
 class AlbertLayer(nn.Module):
-    """One post-LN Transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)). With pre_layernorm:
-    x = x + Attn(LN(x)); x = x + FFN(LN(x)). With ffn_type "geglu", `ffn` is 2 x intermediate_size wide
+    """Attention, then feed-forward, each a residual sublayer with its norm after the sum (post-LN) or before
+    the sublayer (pre_layernorm), as BertLayer. With ffn_type "geglu", `ffn` is 2 x intermediate_size wide
     and the FFN is act(x W_a) * (x W_b), then `ffn_output`."""
 
     def __init__(self, config):
@@ -342,23 +199,28 @@ class AlbertLayer(nn.Module):
         self.full_layer_layer_norm = make_norm(config, config.hidden_size, bias=config.use_bias)
         self.pre_layernorm = config.pre_layernorm
 
-    def forward(self, x, attention_mask=None, keep=None):
-        """keep (B, T) bool (or (total,) unpadded), optional: the only positions anyone reads after this
-        layer; the feed-forward runs on them alone and the others come back as zeros."""
-        x = self.attention(x, attention_mask)                                   # (B, T, H)
-        if keep is not None:
-            return torch.zeros_like(x).index_put((keep,), self.feed_forward(x[keep]))   # (N, H) into (B, T, H)
-        return self.feed_forward(x)                                             # (B, T, H)
+    def forward(self, x, layout, keep=None):
+        """x (B, T, H) or (total, H), as `layout` says. keep (x's leading shape) bool, optional: the only
+        positions anyone reads after this layer; the feed-forward runs on them alone, the others are zeros."""
+        x = self.sublayer(x, self.attention.LayerNorm, self.attention, layout)
+        if keep is None:
+            return self.sublayer(x, self.full_layer_layer_norm, self.feed_forward)  # (..., H)
+        y = self.sublayer(x[keep], self.full_layer_layer_norm, self.feed_forward)   # (N, H)
+        return torch.zeros_like(x).index_put((keep,), y)                        # (..., H)
 
-    def feed_forward(self, x):
-        h = self.full_layer_layer_norm(x) if self.pre_layernorm else x        # pre-LN: the FFN reads LN(x)
+    # Copied from bert.BertLayer.sublayer
+    def sublayer(self, x, norm, f, *args):
+        if self.pre_layernorm:
+            return x + f(norm(x), *args)                                        # pre-LN
+        return norm(x + f(x, *args))                                            # post-LN
+
+    def feed_forward(self, h):
         if self.gated:
-            a, b = self.ffn(h).chunk(2, dim=-1)                                 # (B, T, I) each
-            h = self.activation(a) * b                                          # (B, T, I)
+            a, b = self.ffn(h).chunk(2, dim=-1)                                 # (..., I) each
+            h = self.activation(a) * b                                          # (..., I)
         else:
             h = self.activation(self.ffn(h))                                    # (..., I)
-        x = x + self.dropout(self.ffn_output(h))                                # (..., H)
-        return x if self.pre_layernorm else self.full_layer_layer_norm(x)     # post-LN: LN(x + FFN(x))
+        return self.dropout(self.ffn_output(h))                                 # (..., H)
 
 
 class AlbertLayerGroup(nn.Module):
@@ -368,9 +230,9 @@ class AlbertLayerGroup(nn.Module):
         super().__init__()
         self.albert_layers = nn.ModuleList([AlbertLayer(config) for _ in range(config.inner_group_num)])
 
-    def forward(self, x, attention_mask=None, keep=None):
+    def forward(self, x, layout, keep=None):
         for i, layer in enumerate(self.albert_layers):        # keep: for the last layer only (see AlbertLayer)
-            x = layer(x, attention_mask, keep if i == len(self.albert_layers) - 1 else None)
+            x = layer(x, layout, keep if i == len(self.albert_layers) - 1 else None)
         return x                                                                # (B, T, H)
 
 
@@ -390,12 +252,12 @@ class AlbertTransformer(nn.Module):
         """The group step i uses: the steps are split into num_hidden_groups equal runs, as transformers does."""
         return int(i / (self.num_hidden_layers / len(self.albert_layer_groups)))
 
-    def forward(self, x, attention_mask=None, keep=None):
+    def forward(self, x, layout, keep=None):
         """keep: the positions the heads read (see AlbertLayer); the last step computes only those."""
         x = self.embedding_hidden_mapping_in(x)                                 # (B, T, E) -> (B, T, H)
         for i in range(self.num_hidden_layers):
             last = i == self.num_hidden_layers - 1
-            x = self.albert_layer_groups[self.group_index(i)](x, attention_mask, keep if last else None)
+            x = self.albert_layer_groups[self.group_index(i)](x, layout, keep if last else None)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         return x                                                                # (B, T, H)
@@ -440,205 +302,14 @@ class AlbertSOPHead(nn.Module):
         return self.classifier(self.dropout(pooled))                           # (B, 2)
 
 
-# ----------------------------------------------------------------------------- loading and saving
+# ----------------------------------------------------------------------------- models
 
-# Copied from bert._atomic_write
-def _atomic_write(path, write):
-    """write(tmp_path) then rename over `path`: a crash leaves the old file or the new one, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-# Copied from bert.CheckpointError
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be loaded, or is refused: the message names the file and the problem."""
-
-
-# Copied from bert._load_weights
-def _load_weights(file):
-    """{name: tensor} from one weights file. A pickle goes through torch.load(weights_only=True), whose
-    unpickler builds tensors and plain containers only: a file that would call anything else is refused."""
-    from safetensors.torch import load_file
-    try:
-        if file.suffix == ".safetensors":
-            state = load_file(file)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        call = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if call:
-            raise CheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where a "
-                                  "weights file holds only tensors. Do not load it unless you trust its source "
-                                  "(then convert it to model.safetensors)") from None
-        reason = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split("\n")[0])
-        if isinstance(e, pickle.UnpicklingError):
-            raise CheckpointError(f"{file} is refused: it is not plain tensors that torch.load(weights_only=True) "
-                                  f"can read ({reason.strip()}); it may be corrupt, or hold objects whose "
-                                  "unpickling could run code") from None
-        raise CheckpointError(f"{file} is corrupt or truncated ({type(e).__name__}: {reason[:200]}); "
-                              "save or download it again") from None
-    if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
-        raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict of named tensors")
-    return state
-
-
-# Copied from bert._read_state_dict
-def _read_state_dict(path):
-    """Weights of an HF checkpoint directory: model.safetensors (or its shards), else pytorch_model.bin."""
-    path = Path(path)
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if (path / single).exists():
-            return _load_weights(path / single)
-        if (path / index_name).exists():
-            try:
-                index = json.loads((path / index_name).read_text(encoding="utf-8"))
-                shards = sorted(set(index["weight_map"].values()))
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise CheckpointError(f"{path / index_name} is not a shard index with a weight_map "
-                                      f"({type(e).__name__}: {e})") from None
-            missing = [s for s in shards if not (path / s).is_file()]
-            if missing:
-                raise CheckpointError(f"{path / index_name} names shards that are not there: {missing}")
-            return {k: v for shard in shards for k, v in _load_weights(path / shard).items()}
-    raise FileNotFoundError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
-
-
-# Copied from bert.BertPreTrainedModel with bert->albert,Bert->Albert,cls.predictions->predictions
-class AlbertPreTrainedModel(nn.Module):
-    """Weight init, and reading/writing the Hugging Face checkpoint layout."""
+class AlbertPreTrainedModel(PreTrainedModel):
+    """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ALBERT's weights."""
     config_class = AlbertConfig
     base_model_prefix = "albert"
-    _fresh_keys = ()          # key prefixes a checkpoint may lack (a new task head), initialised fresh
-    _dropped_keys = ("position_ids", "token_type_ids", "predictions.decoder.")  # buffers and tied copies
+    _dropped_keys = PreTrainedModel._dropped_keys + ("predictions.decoder.",)  # the tied output matrix
 
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-            nn.init.ones_(module.weight)
-            if getattr(module, "bias", None) is not None:                     # RMSNorm and bias=False have none
-                nn.init.zeros_(module.bias)
-
-    def num_parameters(self, exclude_embeddings=False):
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= sum(p.numel() for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
-        return n
-
-    def check_hf_compatible(self):
-        """Raise a ValueError naming the config options that transformers' class of this name cannot express."""
-        options = self.config.hf_incompatible()
-        if options:
-            raise ValueError(f"{', '.join(options)} cannot be expressed in transformers' {type(self).__name__}: "
-                             "save_pretrained writes a checkpoint that only our from_pretrained loads")
-
-    def save_pretrained(self, path):
-        """config.json + model.safetensors. A config with an efficient-BERT option (pre_layernorm, ...)
-        is saved too, marked "transformers_compatible": false, and said once per model."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {**self.config.to_dict(), "architectures": [type(self).__name__]}
-        options = self.config.hf_incompatible()
-        if options:
-            config["transformers_compatible"] = False
-            if not getattr(self, "_said_hf_incompatible", False):
-                print(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
-                      f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
-                      '(config.json says "transformers_compatible": false)')
-                self._said_hf_incompatible = True
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
-        _atomic_write(path / "config.json", lambda f: Path(f).write_text(json.dumps(config, indent=2) + "\n"))
-
-    @classmethod
-    def from_pretrained(cls, path, strict=True, **config_overrides):
-        """Load a Hugging Face checkpoint directory (ours or published) into this class.
-
-        A checkpoint of the bare encoder (keys without the `albert.` prefix) loads into a head
-        model and vice versa. Missing or unexpected weights are an error that lists them;
-        strict=False loads what matches (use it to drop or add heads). A task head that the
-        checkpoint lacks (the classifier) is initialised fresh, and said once.
-
-        Another family's checkpoint (config.json's model_type) is refused, strict=False included:
-        the families differ in more than their weights' names (RoBERTa offsets its positions,
-        ALBERT shares layers, ELECTRA projects its embeddings), so a partial load would compute
-        something else without a word. A file that cannot be read (not JSON, truncated, corrupt,
-        missing sizes, wrong types or shapes) raises CheckpointError, a ValueError that names it;
-        a pickle is read only by torch.load(weights_only=True), and one that would run code is refused.
-        """
-        path, file = Path(path), Path(path) / "config.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint directory: it has no config.json")
-        try:
-            config_dict = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as e:                                              # not JSON, or not UTF-8
-            raise CheckpointError(f"{file} is not valid JSON ({e})") from None
-        if not isinstance(config_dict, dict):
-            raise CheckpointError(f"{file} holds a JSON {type(config_dict).__name__}, not an object of settings")
-        try:
-            config = cls.config_class.from_dict({**config_dict, **config_overrides})
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{file} cannot be loaded into {cls.__name__}: {e}") from None
-        weights = _read_state_dict(path)                                     # all read, or an error
-        model = cls(config)
-        state = {}
-        for k, v in weights.items():
-            k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-            if k.endswith("predictions.decoder.bias"):                       # old checkpoints: the tied bias
-                k = k.replace("decoder.bias", "bias")
-                if k in state:
-                    continue
-            if not any(d in k for d in cls._dropped_keys):
-                state[k] = v
-        own = model.state_dict()
-        prefix = cls.base_model_prefix + "."
-        has_base = any(k.startswith(prefix) for k in own)
-        if has_base and not any(k.startswith(prefix) for k in state):      # bare encoder -> head model
-            state = {prefix + k: v for k, v in state.items()}
-        elif not has_base and any(k.startswith(prefix) for k in state):    # head checkpoint -> bare encoder
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        # the weights of a head this class does not have (the MLM head, when fine-tuning) are not used
-        unused = [k for k in unexpected if has_base and not k.startswith(prefix)]
-        unexpected = [k for k in unexpected if k not in unused]
-        fresh = [k for k in missing if k.startswith(cls._fresh_keys)] if cls._fresh_keys else []
-        missing = [k for k in missing if k not in fresh]
-        if strict and (missing or unexpected):
-            raise CheckpointError(f"checkpoint {path} does not match {cls.__name__}:\n"
-                                  f"  missing: {missing or 'none'}\n  unexpected: {unexpected or 'none'}\n"
-                                  "Pass strict=False to load the weights that match.")
-        wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                 for k, v in state.items() if k in own and v.shape != own[k].shape]
-        if wrong:
-            raise CheckpointError(f"checkpoint {path} has weights of the wrong shape for {cls.__name__} "
-                                  "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        if fresh or (not strict and missing):
-            print(f"{cls.__name__}: initialised fresh (not in {path}): "
-                  f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
-        if unused:
-            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
-        return model
-
-
-# ----------------------------------------------------------------------------- models
 
 class AlbertModel(AlbertPreTrainedModel):
     """The encoder: token ids -> last hidden state (B, T, H). `pooler` gives the [CLS] vector."""
@@ -655,30 +326,14 @@ class AlbertModel(AlbertPreTrainedModel):
                 keep=None):
         """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
         reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
-        # compiled, the dense path always: unpadding's nonzero() / .item() would break the graph
-        dense = attention_mask is None or not self.config.unpad or torch.compiler.is_compiling()
-        if attention_mask is not None:
-            attention_mask = attention_mask.bool()                             # (B, T), True = real token
-            # no padding at all (as packed rows): attend with no mask. Asked only where unpadding asks
-            # anyway (on a GPU, bool() waits for the device)
-            if not dense and bool(attention_mask.all()):
-                attention_mask, dense = None, True
-        if document_ids is None and dense:
-            x = self.embeddings(input_ids, token_type_ids, position_ids)        # (B, T, E)
-            return self.encoder(x, attention_mask, keep)                        # (B, T, H)
-        # the real tokens only: gather the ids, run the layers on (total, H), scatter the result back
-        B, T = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        layout = unpad(attention_mask, document_ids)
+        layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
         if position_ids is None:
-            position_ids = self.embeddings.make_position_ids(input_ids, None if document_ids is None else layout.starts)
+            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        ids = [t.expand(B, T).reshape(-1)[layout.indices] for t in (input_ids, token_type_ids, position_ids)]
-        x = self.embeddings(*ids)                                               # (total, E)
-        keep = None if keep is None else keep.reshape(-1)[layout.indices]       # (total,)
-        return pad(self.encoder(x, layout, keep), layout.indices, B, T)         # (B, T, H)
+        ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
+        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
+        return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
 
 
 class AlbertForPreTraining(AlbertPreTrainedModel):
@@ -756,15 +411,17 @@ class AlbertForSequenceClassification(AlbertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.classifier(self.dropout(self.albert.pooler(h)))            # (B, num_labels)
-        metrics, loss = {}, None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels)
-                metrics["acc"] = (logits.detach().argmax(-1) == labels).float().mean()
+        metrics = {}
+        loss = None if labels is None else classification_loss(logits, labels, metrics)
         return Output(loss, logits, metrics)
 
 
-# what train.py pretrains for each --objective
-PRETRAINING_CLASSES = {"mlm+sop": AlbertForPreTraining, "mlm": AlbertForMaskedLM}
+# ----------------------------------------------------------------------------- what the tools use
+
+FAMILY = Family(
+    name="albert", config=AlbertConfig,
+    pretraining={"mlm+sop": AlbertForPreTraining, "mlm": AlbertForMaskedLM}, default_objective="mlm+sop",
+    masked_lm=AlbertForMaskedLM, mlm_head="predictions.", classification=AlbertForSequenceClassification,
+    tokenizer_kind="unigram",
+    masking=dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1),  # BERT's, on single tokens
+    packed=False, position_offset=0, discriminator=None, discriminator_head=None)

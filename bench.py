@@ -13,7 +13,7 @@ it (bert: MLM + NSP, roberta: MLM, albert: MLM + SOP, electra: generator MLM + 5
 detection, embeddings shared); `--objective mlm` picks the plain MLM model where a family has one.
 
 A timed step is what train.py does: forward under autocast (--precision), backward (through a
-GradScaler for fp16), gradient clipping to norm 1, AdamW step (train.make_optimizer: fused on
+GradScaler for fp16), gradient clipping to norm 1, AdamW step (cli.make_optimizer: fused on
 CUDA and the CPU), zero_grad. After --warmup steps per side, --steps steps per side are timed INTERLEAVED
 (ours, HF, ours, HF, ...), each pair on the same batch, so that drift in the machine's speed (other
 jobs, clocks, temperature) hits both sides alike. The ratio is the median over pairs of
@@ -36,7 +36,6 @@ or --data-files, tokenizer and token cache exactly as train.py builds them) and 
 and tokens/s served, to set beside the model's tokens/s.
 """
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -51,10 +50,9 @@ import torch
 import torch.nn as nn
 
 import data
-import train
-from train import UsageError
+import tokenizer as tokenizers_lib
+from cli import FAMILIES, UsageError, load_family, make_optimizer, parse_overrides, pick_device
 
-FAMILIES = train.FAMILIES
 # the transformers class that does the same work as ours, per (family, objective)
 HF_CLASSES = {
     ("bert", "mlm+nsp"): "BertForPreTraining",
@@ -65,6 +63,7 @@ HF_CLASSES = {
     ("electra", "rtd"): "ElectraForMaskedLM (generator) + ElectraForPreTraining (discriminator)",
     ("electra", "mlm"): "ElectraForMaskedLM",
 }
+HF_CONFIGS = {"bert": "BertConfig", "roberta": "RobertaConfig", "albert": "AlbertConfig", "electra": "ElectraConfig"}
 # config fields that mean the same in our configs and in transformers' (the names were kept on purpose)
 SHARED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
@@ -135,7 +134,7 @@ def hf_config(config, **kw):
     """Our config -> the transformers config class of the same family, same sizes, SDPA attention."""
     import transformers
     family = config.model_type
-    cls = getattr(transformers, FAMILIES[family] + "Config")
+    cls = getattr(transformers, HF_CONFIGS[family])
     fields = {f: getattr(config, f) for f in SHARED_FIELDS + EXTRA_FIELDS[family]}
     return cls(**fields, attn_implementation="sdpa", **kw)
 
@@ -185,12 +184,12 @@ def build_pair(model, preset, objective=None, vocab_size=None, overrides=None, d
     transformers.logging.set_verbosity_error()
     if model not in FAMILIES:
         raise UsageError(f"unknown model {model!r}; choose one of {', '.join(FAMILIES)}")
-    family = importlib.import_module(model)
-    objective = objective or family.DEFAULT_OBJECTIVE
-    if (model, objective) not in HF_CLASSES or objective not in family.PRETRAINING_CLASSES:
+    family = load_family(model)
+    objective = objective or family.default_objective
+    if (model, objective) not in HF_CLASSES or objective not in family.pretraining:
         choices = [o for (m, o) in HF_CLASSES if m == model]
         raise UsageError(f"--model {model} has no --objective {objective!r} here; choose one of {', '.join(choices)}")
-    config_cls = getattr(family, FAMILIES[model] + "Config")
+    config_cls = family.config
     kw = dict(overrides or {})
     if vocab_size is not None:
         kw["vocab_size"] = vocab_size
@@ -198,12 +197,12 @@ def build_pair(model, preset, objective=None, vocab_size=None, overrides=None, d
         config = config_cls.from_preset(preset, **kw)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
-    options = getattr(config, "hf_incompatible", lambda: [])()      # e.g. the `crammed` presets
+    options = config.hf_incompatible()                                # e.g. the `crammed` presets
     if options:
         raise UsageError(f"{model} {preset} uses {', '.join(options)}, which transformers' classes cannot "
                          "express: there is no HF model to compare with")
     torch.manual_seed(seed)
-    ours = family.PRETRAINING_CLASSES[objective](config)
+    ours = family.pretraining[objective](config)
     if model == "electra" and objective == "rtd":
         gen = transformers.ElectraForMaskedLM(hf_config(config.generator_config()))
         disc = transformers.ElectraForPreTraining(hf_config(config))
@@ -261,7 +260,7 @@ def train_step_fn(model, device, precision="fp32", lr=1e-4, clip=1.0, compile=Fa
     """(step, optimizer): step(batch) does one complete training step as train.py does and returns the loss
     (detached): forward under autocast, backward (scaled for fp16), clip, AdamW step, zero_grad."""
     device = torch.device(device)
-    optimizer = train.make_optimizer(model, SimpleNamespace(lr=lr, weight_decay=0.01), device)
+    optimizer = make_optimizer(model, lr, 0.01, fused=device.type in ("cuda", "cpu"))   # as train.py does
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = torch.compile(model) if compile else model
@@ -343,7 +342,7 @@ def flops_per_token(config, seq_len, objective=None, mlm_fraction=0.15, attn_len
     T = attn_len, the number of keys a token attends to (default seq_len; with padding, the mean over the real
     tokens); seq_len = tokens per sequence, for the once-per-sequence heads."""
     family = config.model_type
-    objective = objective or importlib.import_module(family).DEFAULT_OBJECTIVE
+    objective = objective or load_family(family).default_objective
     L, H, I, V, f = config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size, mlm_fraction
     T = seq_len if attn_len is None else attn_len
     E = getattr(config, "embedding_size", H)
@@ -377,20 +376,21 @@ FLOP_FORMULA = ("FLOPs/token (useful, both sides alike) = 6 x matmul weights app
 
 def bench_data(args):
     """data.PretrainingBatches.get_batch alone, on the corpus, tokenizer and cache train.py would use."""
-    family = importlib.import_module(args.model)
-    objective = train.check_objective(args, family)
-    # train.py's own arguments, defaults and helpers, so that the corpus, the tokenizer and the token cache are the
-    # ones `python train.py --model X` would use (and reuse its caches)
+    family = load_family(args.model)
+    objective = args.objective or family.default_objective
+    if objective not in family.pretraining:
+        raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
+                         f"choose one of {', '.join(family.pretraining)}")
+    # the data API as train.py calls it, with its defaults, so that the corpus, the tokenizer and the token
+    # cache are the ones `python train.py --model X` would use (and reuse its caches)
     batch_size = args.batch_size or 8
-    targv = ["--model", args.model, "--objective", objective, "--seq-len", str(args.seq_len),
-             "--batch-size", str(batch_size)]
-    targv += ["--data", *args.data_files] if args.data_files else []
-    targv += ["--tokenizer", args.tokenizer] if args.tokenizer else []
-    targv += ["--vocab-size", str(args.vocab_size)] if args.vocab_size else []
-    targs = train.parse_args(targv)
-    files, tok, corpus, _ = train.load_corpus(targs, family)
+    files = data.resolve_data(args.data_files, data.CACHE_DIR)
+    tok = (tokenizers_lib.load(args.tokenizer) if args.tokenizer
+           else data.corpus_tokenizer(files, family.tokenizer_kind, args.vocab_size or 8192))
+    corpus, _ = data.build_cache(files, tok, data.CACHE_DIR)
     try:
-        batches = train.pretraining_batches(corpus, tok, family, objective, targs, seed=args.seed)
+        batches = data.pretraining_batches(corpus, tok, objective, args.seq_len, batch_size, args.seed,
+                                           family.masking, packed=family.packed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     packed = batches.packed
@@ -426,23 +426,23 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.data:
         return bench_data(args)
-    device = train.pick_device(args.device)
+    device = pick_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here")
     gpu = device.type == "cuda"
     preset = args.preset or ("base" if gpu else "mini")
     batch_size = args.batch_size or (64 if gpu else 8)
     precision = args.precision or ("bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32")
-    objective = args.objective or importlib.import_module(args.model).DEFAULT_OBJECTIVE
+    family = load_family(args.model)
+    objective = args.objective or family.default_objective
 
     ours, hf, config = build_pair(args.model, preset, objective, args.vocab_size,
-                                  train.parse_overrides(args.set), device, args.seed)
-    family = importlib.import_module(args.model)
-    max_len = config.max_position_embeddings - getattr(family, "POSITION_OFFSET", 0)
+                                  parse_overrides(args.set), device, args.seed)
+    max_len = config.max_position_embeddings - family.position_offset
     if args.seq_len > max_len:
         raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {max_len} positions")
     cpu_batches = make_batches(config, objective, batch_size, args.seq_len, args.warmup + args.steps,
-                               args.padding, args.min_len, args.seed, getattr(family, "MLM_MASKING", {}))
+                               args.padding, args.min_len, args.seed, family.masking)
     batches = [{k: v.to(device) for k, v in b.items()} for b in cpu_batches]
     sides = {}
     for name, m in (("ours", ours), ("HF", hf)):
@@ -458,7 +458,7 @@ def main(argv=None):
     tokens_per_step = statistics.mean(real)
     lengths = torch.cat([b["attention_mask"].sum(1) for b in timed]).double()
     attn_len = float((lengths ** 2).sum() / lengths.sum())         # keys per real token (= seq_len unpadded)
-    mlm_fraction = getattr(family, "MLM_MASKING", {}).get("mlm_probability", 0.15)
+    mlm_fraction = family.masking["mlm_probability"]
     fpt = flops_per_token(config, tokens_per_step / batch_size, objective, mlm_fraction, attn_len)
 
     others = {"ours": resident_bytes(hf, sides["HF"][1]), "HF": resident_bytes(ours, sides["ours"][1])}

@@ -766,3 +766,35 @@ class PretrainingBatches:
         finally:
             stop.set()
             thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- the pipeline in two calls
+
+def corpus_tokenizer(files, kind, vocab_size, encoding="utf-8", errors="strict", cache_dir=None):
+    """A `kind` tokenizer of `vocab_size` tokens trained on `files`, cached under cache_dir/tokenizers (default
+    CACHE_DIR) by the files' fingerprint, the kind and the size: trained once per corpus, then loaded."""
+    import tokenizer as tokenizers_lib
+    cache_dir = CACHE_DIR if cache_dir is None else cache_dir
+    fingerprint = files_fingerprint(files, encoding=encoding, errors=errors)
+    corpus = hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12]
+    cached = Path(cache_dir) / "tokenizers" / f"{kind}-{vocab_size}-{corpus}"
+    if (cached / "tokenizer.json").exists():
+        return tokenizers_lib.load(cached)
+    print(f"training a {kind} tokenizer ({vocab_size} tokens) on {len(files)} file(s) ...", flush=True)
+    tok = tokenizers_lib.train([str(f) for f in files], kind=kind, vocab_size=vocab_size,
+                               encoding=encoding, errors=errors)
+    tok.save(cached)
+    return tok
+
+
+def pretraining_batches(corpus, tok, objective, seq_len, batch_size, seed, masking, word_starts=None, max_ngram=1,
+                        packed=False, separate_documents=False, rank=0, world_size=1):
+    """PretrainingBatches of `objective` over `corpus`, masked by a Masker with `masking` (its rate and split:
+    mlm_probability, mask_ratio, random_ratio), whole words where `word_starts` (word_start_table) is given
+    and n-gram spans up to max_ngram. packed: rows of contiguous sentences (mlm and rtd only), documents
+    apart when separate_documents. What train.py builds, and bench.py --data times."""
+    masker = Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **masking, word_starts=word_starts,
+                    max_ngram=max_ngram)
+    return PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=seq_len, batch_size=batch_size,
+                              masker=masker, seed=seed, packed=packed and objective in PACKABLE,
+                              separate_documents=separate_documents, rank=rank, world_size=world_size)

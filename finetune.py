@@ -41,11 +41,9 @@ the shared layer trains at lr * D^2 and the embeddings (with their E -> H projec
 """
 import argparse
 import csv
-import importlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -58,7 +56,7 @@ from typing import NamedTuple, Optional
 import torch
 
 import tokenizer as tokenizers_lib
-from train import FAMILIES, UsageError, lr_factor, pick_device, seed_everything
+from cli import FAMILIES, UsageError, load_family, lr_factor, make_optimizer, pick_device, seed_everything
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -301,8 +299,8 @@ def load_model(path, num_labels, random_init=False):
     if model_type not in FAMILIES:
         raise UsageError(f"{path / 'config.json'} has model_type {model_type!r}; this repository fine-tunes "
                          f"{', '.join(FAMILIES)}")
-    family = importlib.import_module(model_type)
-    cls = getattr(family, FAMILIES[model_type] + "ForSequenceClassification")
+    family = load_family(model_type)
+    cls = family.classification
     try:    # prints one line naming the freshly initialised head (and one for unused pretraining heads)
         if random_init:
             config = cls.config_class.from_dict({**json.loads((path / "config.json").read_text()),
@@ -336,49 +334,6 @@ def collate(rows, labels, pad_id, regression):
     if labels is not None:
         batch["labels"] = torch.tensor(labels, dtype=torch.float if regression else torch.long)
     return batch
-
-
-# ----------------------------------------------------------------------------- optimizer
-
-_LAYER = re.compile(r"\.encoder\.(?:layer|albert_layer_groups)\.(\d+)\.")
-_EMBEDDINGS = re.compile(r"\.(?:embeddings|embeddings_project|embedding_hidden_mapping_in)\.")
-
-
-def layer_depths(model):
-    """{parameter name: depth}: 0 embeddings, 1..L encoder layers (ALBERT: shared groups), L + 1 the
-    pooler, L + 2 the task head. Returns (depths, L)."""
-    names = [n for n, _ in model.named_parameters()]
-    L = len({m.group(1) for n in names if (m := _LAYER.search(n))})
-    prefix = model.base_model_prefix + "."
-    depths = {}
-    for n in names:
-        if m := _LAYER.search(n):
-            depths[n] = int(m.group(1)) + 1
-        elif _EMBEDDINGS.search(n):
-            depths[n] = 0
-        elif n.startswith(prefix + "pooler"):
-            depths[n] = L + 1
-        elif n.startswith(prefix):
-            raise ValueError(f"layer decay: no depth for the encoder parameter {n}")
-        else:
-            depths[n] = L + 2                           # classifier: the task head
-    return depths, L
-
-
-def make_optimizer(model, lr, weight_decay, layer_decay=None, fused=False):
-    """AdamW with BERT's settings; no weight decay on biases and LayerNorm weights (the 1-d tensors).
-    With layer_decay, one group per (depth, decay) at lr * layer_decay^(L + 2 - depth)."""
-    depths, L = layer_depths(model) if layer_decay else ({}, 0)
-    groups = {}
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        wd = weight_decay if p.ndim >= 2 else 0.0
-        depth = depths.get(n, L + 2)
-        g = groups.setdefault((depth, wd), {"params": [], "weight_decay": wd, "depth": depth,
-                                            "lr": lr * (layer_decay or 1.0) ** (L + 2 - depth)})
-        g["params"].append(p)
-    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
 
 
 # ----------------------------------------------------------------------------- training
@@ -441,7 +396,7 @@ def finetune(args):
     if tok.vocab_size > model.config.vocab_size:
         raise UsageError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary has "
                          f"{model.config.vocab_size}: use the tokenizer that came with the checkpoint")
-    positions = model.config.max_position_embeddings - getattr(family, "POSITION_OFFSET", 0)
+    positions = model.config.max_position_embeddings - family.position_offset
     if args.max_len > positions:
         raise UsageError(f"--max-len {args.max_len} is longer than the model's {positions} positions")
     model.to(device)
@@ -456,7 +411,7 @@ def finetune(args):
     total = steps_per_epoch * args.epochs
     schedule = argparse.Namespace(warmup=int(args.warmup_ratio * total), steps=total, schedule="linear")
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.layer_decay, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.steps))
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
 
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ As a library:
 """
 import argparse
 import contextlib
-import importlib
 import io
 import itertools
 import json
@@ -36,35 +35,16 @@ from typing import NamedTuple
 import torch
 
 import tokenizer as tokenizers_lib
+from cli import FAMILIES, Filler, evaluating, fill_mask_ids, load_family, token_text
 
-FAMILIES = ("bert", "roberta", "albert", "electra")
 PLACEHOLDERS = ("[MASK]", "<mask>")      # accepted for any tokenizer; rewritten to its own mask token
-
-# The class that fills masks in each family, and the weight-name prefix of its MLM head: a checkpoint
-# holds an MLM head iff it has weights under that prefix (a classifier or a bare encoder has none).
-# Pretraining checkpoints (BertForPreTraining, AlbertForPreTraining) load into the MaskedLM class too:
-# the pooler and the NSP/SOP head are left out, as fill-mask does not use them.
-MLM_CLASSES = {
-    "bert":    ("BertForMaskedLM",    "cls.predictions."),
-    "roberta": ("RobertaForMaskedLM", "lm_head."),
-    "albert":  ("AlbertForMaskedLM",  "predictions."),
-    "electra": ("ElectraForMaskedLM", "generator_predictions."),    # the generator
-}
-RTD_CLASS, RTD_HEAD = "ElectraForPreTraining", "discriminator_predictions."   # the ELECTRA discriminator
-
 
 class PredictError(ValueError):
     """A checkpoint that cannot do the task, or input it cannot take: the CLI prints it as one line."""
 
 
-class Filler(NamedTuple):
-    token: str       # the token as the tokenizer writes it alone: ' paris' for byte-level BPE 'Ġparis'
-    prob: float      # softmax over the vocabulary at the mask
-    id: int
-
-
 class Verdict(NamedTuple):
-    token: str       # as Filler.token
+    token: str       # as Filler.token (cli.Filler: the token as the tokenizer writes it alone)
     p_replaced: float
     id: int
 
@@ -153,21 +133,22 @@ def load(path, task="fill-mask", device="cpu"):
         raise ValueError(f"task must be 'fill-mask' or 'rtd', got {task!r}")
     path = Path(path)
     config = _read_config(path)
-    family, names = config["model_type"], _weight_names(path)
-    what = f"{path} ({(config.get('architectures') or [family + ' checkpoint'])[0]})"
+    family, names = load_family(config["model_type"]), _weight_names(path)
+    what = f"{path} ({(config.get('architectures') or [family.name + ' checkpoint'])[0]})"
+    disc, disc_head = family.discriminator, family.discriminator_head       # ELECTRA's, None elsewhere
     if task == "rtd":
-        if family != "electra":
-            raise PredictError(f"--rtd needs an ELECTRA discriminator, and {what} is a {family} model: "
+        if disc is None:
+            raise PredictError(f"--rtd needs an ELECTRA discriminator, and {what} is a {family.name} model: "
                                "drop --rtd to fill masks with it")
-        if not _has(names, RTD_HEAD):
+        if not _has(names, disc_head):
             hint = (f"this is a generator; pass its run directory {path.parent}" if path.name == "generator"
-                    else "pass an ELECTRA run directory (its root) or an ElectraForPreTraining checkpoint")
-            raise PredictError(f"{what} has no replaced-token detection head ({RTD_HEAD}*): {hint}")
-        class_name = RTD_CLASS
+                    else f"pass an ELECTRA run directory (its root) or an {disc.__name__} checkpoint")
+            raise PredictError(f"{what} has no replaced-token detection head ({disc_head}*): {hint}")
+        cls = disc
     else:
-        class_name, head = MLM_CLASSES[family]
+        cls, head = family.masked_lm, family.mlm_head
         if not _has(names, head):
-            if family == "electra" and _has(names, RTD_HEAD):
+            if disc is not None and _has(names, disc_head):
                 if (path / "generator" / "config.json").is_file():
                     print(f"note: {path} holds an ELECTRA discriminator, which cannot fill masks; "
                           f"using the generator in {path / 'generator'}", file=sys.stderr)
@@ -176,8 +157,8 @@ def load(path, task="fill-mask", device="cpu"):
                                    "masks: pass the generator/ directory of its run, or add --rtd to see which "
                                    "tokens it thinks were replaced")
             raise PredictError(f"{what} has no MLM head (no {head}* weights), so it cannot fill masks: pass a "
-                               f"checkpoint with one, e.g. a train.py run directory or a {class_name}")
-    model = _from_pretrained(getattr(importlib.import_module(family), class_name), path, names)
+                               f"checkpoint with one, e.g. a train.py run directory or a {cls.__name__}")
+    model = _from_pretrained(cls, path, names)
     tok = _load_tokenizer(path)
     if tok.vocab_size > model.config.vocab_size:
         raise PredictError(f"the tokenizer has {tok.vocab_size} tokens but the model in {path} knows "
@@ -202,7 +183,7 @@ def prepare(text, tok):
 def max_length(model, tok):
     """The longest input, special tokens included, that both the tokenizer and the position table take."""
     # RoBERTa numbers positions from padding_idx + 1, so 2 of its table's rows never hold a token
-    offset = getattr(sys.modules[type(model).__module__], "POSITION_OFFSET", 0)
+    offset = load_family(model.config.model_type).position_offset
     return min(tok.model_max_length, model.config.max_position_embeddings - offset)
 
 
@@ -216,28 +197,10 @@ def _encode(tok, texts, limit):
     return batch
 
 
-def _token_text(tok, i):
-    """One token as the tokenizer writes it: the decoder turns 'Ġparis' into ' paris' and '▁paris'
-    into 'paris', and keeps '##s' (a word piece alone); special tokens are shown, not skipped."""
-    return tok.decode([i], skip_special_tokens=False)
-
-
 def _chunks(items, n):
     items = iter(items)
     while chunk := list(itertools.islice(items, n)):
         yield chunk
-
-
-@contextlib.contextmanager
-def _evaluating(model):
-    """no_grad and eval mode for the block, then the model's own mode back (train.py calls us mid-training)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def fill_mask(model, tok, texts, top_k=5, batch_size=16):
@@ -255,26 +218,6 @@ def fill_mask(model, tok, texts, top_k=5, batch_size=16):
     return results
 
 
-def fill_mask_ids(model, tok, input_ids, attention_mask=None, token_type_ids=None, top_k=5):
-    """fill_mask for a batch already encoded: (B, T) tensors, True/1 = a real token in attention_mask.
-    A list per row, of a list per position holding tok.mask_id, of `Filler`s, most probable first."""
-    device = next(model.parameters()).device
-    to_device = lambda x: None if x is None else x.to(device)
-    is_mask = input_ids == tok.mask_id                                                 # (B, T)
-    with _evaluating(model):
-        logits = model(to_device(input_ids), to_device(attention_mask), to_device(token_type_ids)).logits  # (B, T, V)
-    # a vocabulary padded beyond the tokenizer's (to a multiple of 64, say) has ids that no text can hold
-    probs = logits[is_mask.to(device)][:, :tok.vocab_size].float().softmax(-1)          # (M, V), the masks in order
-    top = probs.topk(min(top_k, probs.shape[-1]))
-    fillers = [[Filler(_token_text(tok, i), p, i) for p, i in zip(ps, ids)]
-               for ps, ids in zip(top.values.tolist(), top.indices.tolist())]            # M lists of top_k
-    results = []
-    for n in is_mask.sum(1).tolist():                                                  # back into one list per row
-        results.append(fillers[:n])
-        fillers = fillers[n:]
-    return results
-
-
 def detect_replaced(discriminator, tok, texts, batch_size=16):
     """For each text, a `Verdict` per token of the text (not the [CLS]/[SEP] around it): the
     probability the ELECTRA discriminator gives to 'this token was replaced'."""
@@ -282,13 +225,13 @@ def detect_replaced(discriminator, tok, texts, batch_size=16):
     device = next(discriminator.parameters()).device
     added = {tok.cls_id, tok.sep_id, tok.pad_id}                 # what the tokenizer puts around the text
     limit, results = max_length(discriminator, tok), []
-    with _evaluating(discriminator):
+    with evaluating(discriminator):
         for chunk in _chunks(texts, batch_size):
             b = {k: v.to(device) for k, v in _encode(tok, chunk, limit).items()}
             logits = discriminator(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits  # (B, T)
             p_replaced = torch.sigmoid(logits.float()).tolist()
             for ids, ps in zip(b["input_ids"].tolist(), p_replaced):
-                results.append([Verdict(_token_text(tok, i), p, i) for i, p in zip(ids, ps) if i not in added])
+                results.append([Verdict(token_text(tok, i), p, i) for i, p in zip(ids, ps) if i not in added])
     return results
 
 

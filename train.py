@@ -17,10 +17,7 @@ Every checkpoint directory is written under a temporary name and renamed when co
 kill at any moment leaves the last complete checkpoint intact; --resume continues from it.
 """
 import argparse
-import hashlib
-import importlib
 import json
-import math
 import os
 import random
 import re
@@ -37,8 +34,8 @@ import torch
 
 import data
 import tokenizer as tokenizers_lib
-
-FAMILIES = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert", "electra": "Electra"}
+from cli import (FAMILIES, UsageError, load_family, lr_factor, make_optimizer, parse_overrides, pick_device,
+                 seed_everything, show_fill_mask, show_replaced_tokens)
 
 # Per-family defaults for the flags left unset: sized so that the default run finishes on a
 # 2-core laptop CPU in a few minutes. On a GPU pass --preset base and a real --steps.
@@ -51,10 +48,6 @@ RECIPES = {
 # flags a --resume may change; every other flag must match the run being resumed
 RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
                      "compile", "keep", "resume", "out", "show", "max_bad_steps"}
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, no traceback."""
 
 
 class TrainingStopped(Exception):
@@ -92,6 +85,15 @@ def parse_args(argv=None):
     p.add_argument("--pack", action="store_true",
                    help="mlm/rtd: fill every row with several documents, no padding; a document attends only to "
                         "itself and its positions restart (block-diagonal attention)")
+    p.add_argument("--mask-rate", type=float,
+                   help="share of the ordinary tokens chosen as MLM targets (default: the family's, 0.15; "
+                        "MosaicBERT and ModernBERT use 0.3)")
+    p.add_argument("--whole-word-mask", action="store_true",
+                   help="choose whole words as MLM targets, every token of a chosen word (words from the "
+                        "tokenizer's ## / Ġ / ▁ markers)")
+    p.add_argument("--ngram", type=int, default=1, metavar="N",
+                   help="choose spans of 1..N consecutive words (with --whole-word-mask) or tokens, p(n) ~ 1/n, "
+                        "never across special tokens (ALBERT: 3; 1 = single ones)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="linear warm-up steps")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warm-up")
@@ -125,33 +127,16 @@ def parse_args(argv=None):
                  "max_bad_steps", "pad_vocab"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.mask_rate is not None and not 0 < args.mask_rate < 1:
+        raise UsageError(f"--mask-rate {args.mask_rate}: the share of tokens masked must lie strictly between 0 and 1, "
+                         "e.g. 0.15 (BERT) or 0.3 (MosaicBERT)")
+    if args.ngram < 1:
+        raise UsageError(f"--ngram {args.ngram}: the longest masked span must be at least 1 (1 = single words or "
+                         "tokens; ALBERT uses 3)")
     return args
 
 
-def parse_overrides(pairs):
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--set {pair!r} is not KEY=VALUE")
-        k, v = pair.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 # ----------------------------------------------------------------------------- setup
-
-def pick_device(name):
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
 
 def setup_distributed(args):
     """(rank, world_size, device) under torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK), else (0, 1, device).
@@ -206,12 +191,6 @@ class StopSignals:
             signal.signal(sig, old)
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def rng_state():
     np_state = np.random.get_state()
     return {"python": random.getstate(), "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
@@ -235,17 +214,7 @@ def get_tokenizer(args, family, files):
             return tokenizers_lib.load(source)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"cannot load the tokenizer {source}: {e}") from None
-    kind = family.TOKENIZER_KIND
-    fingerprint = data.files_fingerprint(files, encoding=args.encoding, errors=args.encoding_errors)
-    corpus = hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12]
-    cached = data.CACHE_DIR / "tokenizers" / f"{kind}-{args.vocab_size}-{corpus}"
-    if (cached / "tokenizer.json").exists():
-        return tokenizers_lib.load(cached)
-    print(f"training a {kind} tokenizer ({args.vocab_size} tokens) on {len(files)} file(s) ...", flush=True)
-    tok = tokenizers_lib.train([str(f) for f in files], kind=kind, vocab_size=args.vocab_size,
-                               encoding=args.encoding, errors=args.encoding_errors)
-    tok.save(cached)
-    return tok
+    return data.corpus_tokenizer(files, family.tokenizer_kind, args.vocab_size, args.encoding, args.encoding_errors)
 
 
 def _has_tokenizer(path):
@@ -254,11 +223,11 @@ def _has_tokenizer(path):
 
 def check_objective(args, family):
     """--objective, or the family's own; one the family does not train with is a UsageError."""
-    objective = args.objective or family.DEFAULT_OBJECTIVE
-    if objective not in family.PRETRAINING_CLASSES:
+    objective = args.objective or family.default_objective
+    if objective not in family.pretraining:
         raise UsageError(f"--model {args.model} does not train with --objective {objective!r}; "
-                         f"choose one of {', '.join(family.PRETRAINING_CLASSES)}")
-    if getattr(args, "pack", False) and objective not in data.PACKABLE:
+                         f"choose one of {', '.join(family.pretraining)}")
+    if args.pack and objective not in data.PACKABLE:
         raise UsageError(f"--pack is for the objectives without sentence pairs ({', '.join(data.PACKABLE)}); "
                          f"{objective} needs two segments per row: drop --pack or choose another --objective")
     return objective
@@ -277,32 +246,19 @@ def load_corpus(args, family, tokenizer_from=None):
 def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, world_size=1):
     """The batches of `objective` over `corpus`, with the family's masking and packing: RoBERTa's rows
     are packed (attending across documents, as published); --pack packs any family's, documents apart."""
-    masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, **getattr(family, "MLM_MASKING", {}))
-    pack = getattr(args, "pack", False)
-    packed = (pack or getattr(family, "PACKED_SEQUENCES", False)) and objective in data.PACKABLE
-    return data.PretrainingBatches(corpus, tok=tok, objective=objective, seq_len=args.seq_len,
-                                   batch_size=args.batch_size, masker=masker, seed=seed, packed=packed,
-                                   separate_documents=pack, rank=rank, world_size=world_size)
+    masking = dict(family.masking)
+    if args.mask_rate is not None:                                       # --mask-rate, else the family's rate
+        masking["mlm_probability"] = args.mask_rate
+    try:
+        words = data.word_start_table(tok) if args.whole_word_mask else None
+    except ValueError as e:
+        raise UsageError(f"--whole-word-mask: {e}") from None
+    return data.pretraining_batches(corpus, tok, objective, args.seq_len, args.batch_size, seed, masking, words,
+                                    args.ngram, packed=args.pack or family.packed, separate_documents=args.pack,
+                                    rank=rank, world_size=world_size)
 
 
 # ----------------------------------------------------------------------------- optimizer and schedule
-
-def make_optimizer(model, args, device):
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel (one pass over all the parameters) exists for CUDA and the CPU; ~5% of a CPU step
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6,
-                             fused=device.type in ("cuda", "cpu"))
-
-
-def lr_factor(step, args):
-    """Linear warm-up to the peak, then linear or cosine decay to 0 at --steps."""
-    if step < args.warmup:
-        return (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return 1.0 - progress if args.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -378,83 +334,11 @@ def evaluate(model, batches, n, device, autocast):
     return {f"val_{k}": v / count for k, v in sums.items()}
 
 
-def _word_positions(tok, ids):
-    """Positions of tokens that are whole words (not specials, not word pieces), for the display."""
-    pos = []
-    for i, t in enumerate(ids):
-        if t in tok.special_ids:
-            continue
-        s = tok.id_to_token(t)
-        nxt = tok.id_to_token(ids[i + 1]) if i + 1 < len(ids) else ""
-        if tok.kind == "wordpiece":
-            whole = not s.startswith("##") and not nxt.startswith("##") and s.isalpha() and len(s) > 2
-        else:                                                    # bpe 'Ġ' / unigram '▁' mark a word start
-            whole = s[:1] in "Ġ▁" and nxt[:1] in "Ġ▁" and s[1:].isalpha() and len(s) > 3
-        if whole:
-            pos.append(i)
-    return pos
-
-
-def show_fill_mask(mlm, tok, batches, device, n, k=5):
-    """A few held-out sequences with one word masked, and the model's top-k fillers (predict.py's)."""
-    from predict import fill_mask_ids
-    b = batches.get_batch(10_000)
-    ids = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])        # the original text
-    rng = random.Random(0)
-    print(f"\nfill-mask on held-out text ({tok.mask_token} = the hidden word, then the top {k} guesses):")
-    for row in range(min(n, ids.shape[0])):
-        real = ids[row][b["attention_mask"][row]].tolist()
-        positions = _word_positions(tok, real)
-        if not positions:
-            continue
-        p = rng.choice(positions)
-        truth = real[p]
-        masked = list(real)
-        masked[p] = tok.mask_id
-        fillers = fill_mask_ids(mlm, tok, torch.tensor([masked], device=device), top_k=k)[0][0]
-        lo, hi = max(0, p - 16), min(len(masked), p + 12)
-        text = f"{tok.decode(real[lo:p])} {tok.mask_token} {tok.decode(real[p + 1:hi])}"
-        guesses = ", ".join(f"{f.token.strip()} {f.prob:.2f}" for f in fillers)
-        print(f"  ...{text}...\n    truth: {tok.decode([truth]).strip()!r:14} model: {guesses}")
-
-
-@torch.no_grad()
-def show_replaced_tokens(electra, tok, batches, device, n, width=48):
-    """ELECTRA: held-out text with the generator's replacements and the discriminator's verdicts."""
-    electra.eval()
-    b = {k: v[:n].to(device) for k, v in batches.get_batch(10_000).items()}
-    r = electra.replaced_token_detection(b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
-                                         b["labels"], generator=torch.Generator(device).manual_seed(0))
-    print("\nreplaced-token detection on held-out text: [original->generator's sample] marks a replaced token,"
-          "\n* a token the discriminator calls replaced (p > 0.5), with its probability:")
-    for row in range(r["original"].shape[0]):
-        real = b["attention_mask"][row].nonzero().flatten().tolist()[:width]
-        words, caught, replaced, false_alarms = [], 0, 0, 0
-        for i in real:
-            o, c = int(r["original"][row, i]), int(r["corrupted"][row, i])
-            if o in tok.special_ids:
-                continue
-            p = float(r["p_replaced"][row, i])
-            flagged = p > 0.5
-            text = tok.id_to_token(o)
-            if bool(r["is_replaced"][row, i]):
-                replaced += 1
-                caught += flagged
-                text = f"[{text}->{tok.id_to_token(c)}]" + (f"*{p:.2f}" if flagged else f"({p:.2f})")
-            elif flagged:
-                false_alarms += 1
-                text = f"{text}*{p:.2f}"
-            words.append(text)
-        line = " ".join(words).replace(" ##", "").replace("##", "")
-        print(f"  {line}\n    replaced {replaced}, caught {caught}, false alarms {false_alarms}")
-    electra.train()
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
     args = parse_args(argv)
-    family = importlib.import_module(args.model)
+    family = load_family(args.model)
     run_dir = Path(args.out)
     rank, world, device = setup_distributed(args)
     say = print if rank == 0 else (lambda *a, **k: None)     # only rank 0 prints, logs and writes
@@ -497,8 +381,7 @@ def main(argv=None):
     val_batches = pretraining_batches(val_corpus, tok, family, objective, args, args.seed + 1)
 
     # -- model
-    config_cls = getattr(family, FAMILIES[args.model] + "Config")
-    model_cls = family.PRETRAINING_CLASSES[objective]
+    config_cls, model_cls = family.config, family.pretraining[objective]
     try:
         if resume_from or args.init_from:
             model = model_cls.from_pretrained(resume_from or Path(args.init_from), strict=bool(resume_from))
@@ -517,12 +400,13 @@ def main(argv=None):
         raise UsageError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary has {vocab}: "
                          "use the tokenizer that came with the checkpoint (--tokenizer CHECKPOINT_DIR)")
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and args.seq_len > max_pos - getattr(family, "POSITION_OFFSET", 0):
+    if max_pos is not None and args.seq_len > max_pos - family.position_offset:
         raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {max_pos} positions")
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    optimizer = make_optimizer(model, args, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args))
+    # the fused AdamW kernel (one pass over all the parameters) exists for CUDA and the CPU
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, fused=device.type in ("cuda", "cpu"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args.warmup, args.steps, args.schedule))
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     step = 0
     if state is not None:

@@ -1,8 +1,10 @@
 """Attention and masked softmax for the BERT family: Triton kernels with a PyTorch fallback.
 
-    from kernels import attention, attention_varlen, cross_entropy
+    from kernels import attention, attention_varlen, cross_entropy, Layout, self_attention
     out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1)   # q, k, v: (B, H, T, D)
     out = attention_varlen(q, k, v, cu_seqlens, max_seqlen)          # q, k, v: (total, H, D), no padding
+    out = self_attention(q, k, v, layout, dropout_p=0.1)             # q, k, v: (B, T, H, D) or (total, H, D)
+                                                                     # as `layout` says (kernels/layout.py)
     loss = cross_entropy(logits, labels)                             # the MLM loss (kernels/losses.py):
                                                                      # PyTorch only, one (N, V) buffer
 
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .layout import Layout, Unpadded, pad, unpad
 from .losses import cross_entropy
 
 # The Triton modules are imported here, BEFORE the functions below are defined: importing a
@@ -190,6 +193,21 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, scale=None,
     return _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale)
 
 
+def self_attention(q, k, v, layout, dropout_p=0.0, scale=None, impl=None):
+    """Attention of each token to the real tokens of its own sequence, in the batch's layout.
+
+    q, k, v: (B, T, H, D) with a padded `layout` (its mask, or none), (total, H, D) with an unpadded
+    one: a projection's output viewed by head, as flash-attn takes it, so a model has one call for
+    both and no transposes. Returns q's shape.
+    """
+    if layout.unpadded is not None:
+        u = layout.unpadded
+        return attention_varlen(q, k, v, u.cu_seqlens, u.max_seqlen, dropout_p=dropout_p, scale=scale, impl=impl)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))                         # (B, H, T, D) views
+    out = attention(q, k, v, key_padding_mask=layout.mask, dropout_p=dropout_p, scale=scale, impl=impl)
+    return out.transpose(1, 2)                                                # (B, T, H, D)
+
+
 def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl=None):
     """softmax(scale * scores) over the last dim with padded keys at probability 0, then dropout.
 
@@ -207,4 +225,5 @@ def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, impl
     return reference.masked_softmax(scores, key_padding_mask, scale, dropout_p)
 
 
-__all__ = ["attention", "attention_varlen", "masked_softmax", "cross_entropy", "BACKEND", "IMPLS", "reference"]
+__all__ = ["attention", "attention_varlen", "self_attention", "masked_softmax", "cross_entropy", "Layout", "Unpadded",
+           "pad", "unpad", "BACKEND", "IMPLS", "reference"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import albert
+import kernels
 from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 from albert import (AlbertConfig, AlbertForMaskedLM, AlbertForPreTraining, AlbertForSequenceClassification,
                     AlbertModel)
@@ -102,10 +103,13 @@ def test_layers_share_weights():
     model = AlbertModel(tiny_config(num_hidden_layers=3, num_hidden_groups=1, inner_group_num=1)).eval()
     b = batch()
     with torch.no_grad():
-        x = model.encoder.embedding_hidden_mapping_in(model.embeddings(b["input_ids"], b["token_type_ids"]))
+        ids = b["input_ids"]
+        x = model.encoder.embedding_hidden_mapping_in(
+            model.embeddings(ids, b["token_type_ids"], model.embeddings.make_position_ids(ids)))
         layer = model.encoder.albert_layer_groups[0].albert_layers[0]
+        layout = kernels.Layout(tuple(ids.shape), b["attention_mask"], None, None)   # padded, with its mask
         for _ in range(3):
-            x = layer(x, b["attention_mask"])
+            x = layer(x, layout)
         m = b["attention_mask"]                    # real positions: the unpadded path leaves zeros at padding
         torch.testing.assert_close(model(b["input_ids"], m, b["token_type_ids"])[m], x[m])
 
@@ -294,5 +298,5 @@ def test_loading_errors(tmp_path):
 
 
 def test_pretraining_classes():
-    assert albert.PRETRAINING_CLASSES == {"mlm+sop": AlbertForPreTraining, "mlm": AlbertForMaskedLM}
-    assert albert.DEFAULT_OBJECTIVE == "mlm+sop" and albert.TOKENIZER_KIND == "unigram"
+    assert albert.FAMILY.pretraining == {"mlm+sop": AlbertForPreTraining, "mlm": AlbertForMaskedLM}
+    assert albert.FAMILY.default_objective == "mlm+sop" and albert.FAMILY.tokenizer_kind == "unigram"

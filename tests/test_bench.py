@@ -60,7 +60,7 @@ def test_smoke_every_family_prints_both_sides_and_a_ratio(model, capsys):
     assert float(rows["ours/HF"][0][:-1]) == pytest.approx(res["ratio"], abs=0.006)
     header = next(line for line in out.splitlines() if line.startswith("| side"))
     assert "MFU" not in header and "sparse MLM head" in out and "attn_implementation='sdpa'" in out
-    assert bench.HF_CLASSES[model, __import__(model).DEFAULT_OBJECTIVE] in out
+    assert bench.HF_CLASSES[model, __import__(model).FAMILY.default_objective] in out
 
 
 def test_padding_counts_real_tokens_only(capsys):
@@ -112,7 +112,7 @@ PAIRS = [(m, o) for (m, o) in bench.HF_CLASSES]                    # every (fami
 def test_hf_side_is_the_same_architecture(model, objective):
     ours, hf, config = bench.build_pair(model, "tiny", objective, vocab_size=V)
     assert bench.n_params(ours) == bench.n_params(hf) > 0
-    assert type(ours) is __import__(model).PRETRAINING_CLASSES[objective]
+    assert type(ours) is __import__(model).FAMILY.pretraining[objective]
     if objective == "rtd":                                            # one embeddings module, the output matrix tied
         emb = hf.discriminator.electra.embeddings
         assert hf.generator.electra.embeddings is emb

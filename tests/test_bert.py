@@ -189,8 +189,8 @@ def test_loading_errors(tmp_path):
 
 
 def test_pretraining_classes():
-    assert bert.PRETRAINING_CLASSES == {"mlm+nsp": BertForPreTraining, "mlm": BertForMaskedLM}
-    assert bert.DEFAULT_OBJECTIVE in bert.PRETRAINING_CLASSES
+    assert bert.FAMILY.pretraining == {"mlm+nsp": BertForPreTraining, "mlm": BertForMaskedLM}
+    assert bert.FAMILY.default_objective in bert.FAMILY.pretraining
 
 
 def test_pretraining_checkpoint_loads_into_a_classifier(tmp_path, capsys):

@@ -14,6 +14,7 @@ the statement under the marker (decorators included), up to its last line.
 
     python tests/test_copies.py          check every copy; print the drifted ones as diffs
     python tests/test_copies.py --fix    rewrite drifted copies from their sources
+    python tests/test_copies.py --count  how many lines each model file copies
 """
 import argparse
 import ast
@@ -188,15 +189,29 @@ def fix(root=ROOT, files=MODEL_FILES, report=lambda copy: None):
     raise CopyError("copies still drift after 10 passes: is a copy its own source, through a cycle?")
 
 
+def copied_lines(root=ROOT, files=MODEL_FILES):
+    """{file name: lines inside its `# Copied from` blocks}, the marker lines not counted."""
+    lines = {}
+    for copy in find_copies(root, files):
+        first, last, _ = _block_under(copy)
+        lines[copy.file.name] = lines.get(copy.file.name, 0) + last - first + 1
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fix", action="store_true", help="rewrite drifted copies from their sources")
+    parser.add_argument("--count", action="store_true", help="print the copied lines per file (markers excluded)")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder holding the model files")
     args = parser.parse_args(argv)
     try:
         if args.fix:
             fixed = fix(args.root, report=lambda copy: print(f"fixed {copy}"))
             print(f"{len(fixed)} copies rewritten" if fixed else "all copies match their sources")
+            return 0
+        if args.count:
+            lines = copied_lines(args.root)
+            print(", ".join(f"{name} {n}" for name, n in lines.items()) + f"; {sum(lines.values())} copied lines")
             return 0
         drifted = check(args.root)
     except CopyError as e:

@@ -110,7 +110,7 @@ def layer_by_hand(p, x, cfg):
 
 
 def encoder_input(name, model, ids):
-    x = model.embeddings(ids)
+    x = model.embeddings(ids, torch.zeros_like(ids), model.embeddings.make_position_ids(ids))
     if name == "albert":
         return model.encoder.embedding_hidden_mapping_in(x)
     if name == "electra" and model.embeddings_project is not None:

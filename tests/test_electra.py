@@ -53,9 +53,9 @@ def test_presets_and_config():
         ElectraConfig.from_preset("huge")
     with pytest.raises(ValueError, match="generator_size=0.3"):
         ElectraConfig.from_preset("base", generator_size=0.3).generator_config()
-    assert electra.MLM_MASKING == dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0)
-    assert electra.PRETRAINING_CLASSES == {"rtd": Electra, "mlm": ElectraForMaskedLM}
-    assert electra.DEFAULT_OBJECTIVE in electra.PRETRAINING_CLASSES and electra.TOKENIZER_KIND == "wordpiece"
+    assert electra.FAMILY.masking == dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0)
+    assert electra.FAMILY.pretraining == {"rtd": Electra, "mlm": ElectraForMaskedLM}
+    assert electra.FAMILY.default_objective in electra.FAMILY.pretraining and electra.FAMILY.tokenizer_kind == "wordpiece"
 
 
 def test_shapes():

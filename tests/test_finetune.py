@@ -13,11 +13,12 @@ import torch
 
 import albert
 import bert
+import cli
 import electra
 import finetune
 import roberta
 import tokenizer as tokenizers_lib
-from train import UsageError
+from cli import UsageError
 
 WORDS = ("the a cat dog house river tree blue red small large runs sits quickly slowly over under "
          "near green old").split()
@@ -416,7 +417,7 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates():
     d, lr = 0.5, 1e-3
     model = bert.BertForSequenceClassification(bert.BertConfig(vocab_size=50, **TINY))
     p = dict(model.named_parameters())
-    got = lr_of(finetune.make_optimizer(model, lr, 0.01, layer_decay=d))
+    got = lr_of(cli.make_optimizer(model, lr, 0.01, layer_decay=d))
     # L = 2 layers: head lr, pooler lr d, layer 1 lr d^2, layer 0 lr d^3, embeddings lr d^4 (ELECTRA's code)
     assert got[id(p["classifier.weight"])] == pytest.approx((lr, 0.01))
     assert got[id(p["classifier.bias"])] == pytest.approx((lr, 0.0))
@@ -426,13 +427,13 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates():
     assert got[id(p["bert.encoder.layer.0.output.LayerNorm.weight"])] == pytest.approx((lr * d ** 3, 0.0))
     assert got[id(p["bert.embeddings.word_embeddings.weight"])] == pytest.approx((lr * d ** 4, 0.01))
     # without layer decay: one lr for all; still no weight decay on biases and LayerNorm
-    flat = lr_of(finetune.make_optimizer(model, lr, 0.01))
+    flat = lr_of(cli.make_optimizer(model, lr, 0.01))
     assert {v[0] for v in flat.values()} == {lr}
     assert flat[id(p["bert.embeddings.LayerNorm.weight"])] == (lr, 0.0)
 
     el = electra.ElectraForSequenceClassification(electra.ElectraConfig(vocab_size=50, embedding_size=32, **TINY))
     p = dict(el.named_parameters())
-    got = lr_of(finetune.make_optimizer(el, lr, 0.01, layer_decay=d))
+    got = lr_of(cli.make_optimizer(el, lr, 0.01, layer_decay=d))
     assert got[id(p["classifier.out_proj.weight"])][0] == pytest.approx(lr)
     assert got[id(p["classifier.dense.weight"])][0] == pytest.approx(lr)
     assert got[id(p["electra.encoder.layer.1.intermediate.dense.weight"])][0] == pytest.approx(lr * d ** 2)
@@ -441,7 +442,7 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates():
     # ALBERT: the one shared layer is one depth, L = 1: layer lr d^2, embeddings and E -> H lr d^3
     al = albert.AlbertForSequenceClassification(albert.AlbertConfig(vocab_size=50, embedding_size=32, **TINY))
     p = dict(al.named_parameters())
-    got = lr_of(finetune.make_optimizer(al, lr, 0.01, layer_decay=d))
+    got = lr_of(cli.make_optimizer(al, lr, 0.01, layer_decay=d))
     assert got[id(p["albert.pooler.weight"])][0] == pytest.approx(lr * d)
     shared = p["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight"]
     assert got[id(shared)][0] == pytest.approx(lr * d ** 2)

@@ -350,7 +350,7 @@ def test_train_refuses_bad_masking_flags(flags, match):
 def test_train_builds_the_masker_from_the_flags(corpus, tok):
     name, objective, mask_ratio = {"wordpiece": ("electra", "rtd", 0.85), "bpe": ("roberta", "mlm", 0.8),
                                    "unigram": ("albert", "mlm+sop", 0.8)}[tok.kind]
-    family = importlib.import_module(name)
+    family = importlib.import_module(name).FAMILY
     args = train.parse_args(["--model", name, "--seq-len", "64", "--batch-size", "4"])
     default = train.pretraining_batches(corpus, tok, family, objective, args, seed=0).masker
     assert default.word_starts is None and default.max_ngram == 1 and default.p == 0.15

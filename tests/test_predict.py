@@ -120,7 +120,7 @@ def test_fill_mask_roberta_and_the_space_before_the_mask(ckpts, bpe_tok):
     assert tok.encode(predict.prepare("The capital is [MASK].", tok)) == ids
     assert tok.encode(predict.prepare("The capital is <mask>.", tok)) != tok.encode("The capital is <mask>.")
     word = next(t for t in sorted(tok.backend.get_vocab()) if t.startswith("Ġ") and t[1:].isalpha())
-    assert predict._token_text(tok, tok.token_to_id(word)) == " " + word[1:]    # 'Ġis' is shown as ' is'
+    assert predict.token_text(tok, tok.token_to_id(word)) == " " + word[1:]    # 'Ġis' is shown as ' is'
 
 
 def test_pretraining_checkpoints_fill_with_their_mlm_head(tmp_path, wp_tok, capfd):

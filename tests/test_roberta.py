@@ -32,7 +32,7 @@ def test_presets_and_config():
     c = RobertaConfig()                                            # roberta-base's config.json
     assert (c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps, c.pad_token_id) == \
         (50265, 514, 1, 1e-5, 1)
-    assert roberta.POSITION_OFFSET == c.pad_token_id + 1
+    assert roberta.FAMILY.position_offset == c.pad_token_id + 1
     with pytest.raises(ValueError, match="unknown roberta preset 'huge'.*tiny"):
         RobertaConfig.from_preset("huge")
     with pytest.raises(ValueError, match="not divisible"):
@@ -245,6 +245,6 @@ def test_loading_errors(tmp_path):
 
 
 def test_pretraining_contract():
-    assert roberta.PRETRAINING_CLASSES == {"mlm": RobertaForMaskedLM}
-    assert roberta.DEFAULT_OBJECTIVE in roberta.PRETRAINING_CLASSES
-    assert (roberta.TOKENIZER_KIND, roberta.PACKED_SEQUENCES) == ("bpe", True)
+    assert roberta.FAMILY.pretraining == {"mlm": RobertaForMaskedLM}
+    assert roberta.FAMILY.default_objective in roberta.FAMILY.pretraining
+    assert (roberta.FAMILY.tokenizer_kind, roberta.FAMILY.packed) == ("bpe", True)

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import data
+import modeling
 import tokenizer as tk
 
 FAMILIES = ("bert", "roberta", "albert", "electra")
@@ -109,7 +110,7 @@ def test_malicious_pytorch_model_bin_is_refused_and_never_run(checkpoints, tmp_p
     assert_payload_is_live(ckpt / "pytorch_model.bin", fmt, marker)
 
     import bert
-    with pytest.raises(bert.CheckpointError) as err:
+    with pytest.raises(modeling.CheckpointError) as err:
         bert.BertForMaskedLM.from_pretrained(ckpt)
     message = str(err.value)
     assert str(ckpt / "pytorch_model.bin") in message and "is refused" in message
@@ -129,7 +130,7 @@ def test_every_family_refuses_a_malicious_shard(checkpoints, tmp_path, family):
     write_malicious(ckpt / "pytorch_model-00001-of-00001.bin", "own function", "torch.save", marker)
     (ckpt / "pytorch_model.bin.index.json").write_text(json.dumps(
         {"weight_map": {"embeddings.word_embeddings.weight": "pytorch_model-00001-of-00001.bin"}}))
-    with pytest.raises(module.CheckpointError, match="pytorch_model-00001-of-00001.bin is refused.*write_marker"):
+    with pytest.raises(modeling.CheckpointError, match="pytorch_model-00001-of-00001.bin is refused.*write_marker"):
         cls.from_pretrained(ckpt)
     assert not marker.exists()
 
@@ -211,7 +212,7 @@ def test_corrupt_checkpoint_is_one_clear_error(checkpoints, tmp_path, family, ca
     ckpt = copy_checkpoint(checkpoints, family, tmp_path / "ckpt")
     corrupt, file, says = CORRUPTIONS[case]
     corrupt(ckpt)
-    with pytest.raises(module.CheckpointError) as err:
+    with pytest.raises(modeling.CheckpointError) as err:
         cls.from_pretrained(ckpt)
     assert isinstance(err.value, ValueError)
     assert str(ckpt / file) in str(err.value) and says in str(err.value), str(err.value)
@@ -219,9 +220,9 @@ def test_corrupt_checkpoint_is_one_clear_error(checkpoints, tmp_path, family, ca
 
 def test_wrong_shapes_and_missing_weights_are_checkpoint_errors(checkpoints, tmp_path):
     import bert
-    with pytest.raises(bert.CheckpointError, match="(?s)wrong shape.*word_embeddings"):
+    with pytest.raises(modeling.CheckpointError, match="(?s)wrong shape.*word_embeddings"):
         bert.BertForMaskedLM.from_pretrained(checkpoints / "bert", vocab_size=41)
-    with pytest.raises(bert.CheckpointError, match="(?s)does not match BertForPreTraining.*seq_relationship"):
+    with pytest.raises(modeling.CheckpointError, match="(?s)does not match BertForPreTraining.*seq_relationship"):
         bert.BertForPreTraining.from_pretrained(checkpoints / "bert")
 
 
@@ -230,7 +231,7 @@ def test_wrong_shapes_and_missing_weights_are_checkpoint_errors(checkpoints, tmp
 def test_another_familys_checkpoint_is_refused(checkpoints, saved, loader, strict):
     """RoBERTa into BertForMaskedLM (and every other pair): refused, strict=False included, naming both."""
     module, cls, _ = masked_lm(loader)
-    with pytest.raises(module.CheckpointError) as err:
+    with pytest.raises(modeling.CheckpointError) as err:
         cls.from_pretrained(checkpoints / saved, strict=strict)
     message = str(err.value)
     assert str(checkpoints / saved / "config.json") in message and cls.__name__ in message
@@ -246,7 +247,7 @@ def test_truncated_anywhere_is_a_checkpoint_error_30_examples(checkpoints, tmp_p
     ckpt = copy_checkpoint(checkpoints, "bert", tmp_path_factory.mktemp("t") / "ckpt")
     file = ckpt / "model.safetensors" if fmt == "safetensors" else to_pytorch_bin(ckpt)
     _truncate(file, keep)
-    with pytest.raises(bert.CheckpointError, match=file.name):
+    with pytest.raises(modeling.CheckpointError, match=file.name):
         bert.BertForMaskedLM.from_pretrained(ckpt)
 
 
@@ -263,7 +264,7 @@ def test_corrupted_header_bytes_load_or_fail_clearly_40_examples(checkpoints, tm
     (ckpt / "model.safetensors").write_bytes(bytes(blob))
     try:
         model = bert.BertForMaskedLM.from_pretrained(ckpt)
-    except bert.CheckpointError as e:
+    except modeling.CheckpointError as e:
         assert "model.safetensors" in str(e) or "does not match" in str(e) or "wrong shape" in str(e)
     else:
         assert isinstance(model, bert.BertForMaskedLM)

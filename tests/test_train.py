@@ -182,7 +182,7 @@ def test_every_family_pretrains_with_its_objective(corpus, tmp_path, capsys, mod
     logs = [r for r in records(out) if "loss" in r]
     assert metric in logs[0] and logs[-1]["loss"] < logs[0]["loss"]
     assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
-    kind = importlib.import_module(model).TOKENIZER_KIND
+    kind = importlib.import_module(model).FAMILY.tokenizer_kind
     assert importlib.import_module("tokenizer").load(out).kind == kind
     printed = capsys.readouterr().out
     assert "fill-mask" in printed
@@ -195,7 +195,7 @@ def test_every_family_pretrains_with_its_objective(corpus, tmp_path, capsys, mod
 def test_pack_fills_rows_with_documents_kept_apart(corpus, tmp_path, monkeypatch, model):
     """--pack: no padding, and every forward pass gets the document_ids that keep the documents apart."""
     family = importlib.import_module(model)
-    cls = family.PRETRAINING_CLASSES["mlm" if model == "bert" else "rtd"]
+    cls = family.FAMILY.pretraining["mlm" if model == "bert" else "rtd"]
     seen, forward = [], cls.forward
 
     def spy(self, *args, **kwargs):

@@ -7,6 +7,8 @@
     document gets alone;
   * the last layer's feed-forward on the positions the heads read only (`keep`): every pretraining
     model's loss and gradients equal those of the same model computing every position;
+  * kernels.Layout and kernels.self_attention: the layout decided once per batch, gathered into and
+    padded back, one attention call for both layouts;
   * attention_varlen: the PyTorch fallback, the reference twin (a loop over the sequences) and,
     where the Triton backend can run (under the interpreter on a CPU), the Triton kernel agree,
     forward and backward, on odd lengths.
@@ -37,7 +39,7 @@ FAMILIES = {
 def build(family, head=False, seed=0):
     module, extra, base, mlm, _ = FAMILIES[family]
     mod = importlib.import_module(module)
-    config_cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("Config") and n != "PretrainedConfig")
+    config_cls = mod.FAMILY.config
     config = config_cls(**SIZES, **extra)
     torch.manual_seed(seed)
     model = getattr(mod, mlm if head else base)(config)
@@ -61,16 +63,16 @@ def varied_batch(lengths, pad_id, T=T, seed=0):
 
 
 class CountVarlen:
-    """Counts the calls of attention_varlen made by a model module (to know which path ran)."""
+    """Counts the calls of kernels.attention_varlen (to know which path a model ran)."""
 
-    def __init__(self, monkeypatch, mod):
+    def __init__(self, monkeypatch, mod=None):
         self.calls = 0
-        original = mod.attention_varlen
+        original = kernels.attention_varlen
 
         def counted(*args, **kwargs):
             self.calls += 1
             return original(*args, **kwargs)
-        monkeypatch.setattr(mod, "attention_varlen", counted)
+        monkeypatch.setattr(kernels, "attention_varlen", counted)
 
 
 def grads(model):
@@ -151,7 +153,7 @@ def test_unpad_stays_out_of_config_json(tmp_path):
 
 
 def test_unpad_helper_layout():
-    from bert import unpad
+    from kernels import unpad
     mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]]).bool()
     docs = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0], [0, 7, 7, 8]])
     layout = unpad(mask)
@@ -164,6 +166,53 @@ def test_unpad_helper_layout():
 
 
 # ----------------------------------------------------------------------------- packing
+
+def test_layout_is_decided_once_from_the_batch():
+    """kernels.Layout.of: padded when there is no padding (and no mask then), or when unpadding is off;
+    unpadded for a padded batch or for packed documents, with the document starts for the positions."""
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    full, padded = torch.ones(2, 5, dtype=torch.bool), torch.arange(5)[None] < torch.tensor([[5], [2]])
+    assert kernels.Layout.of(ids) == ((2, 5), None, None, None)
+    assert kernels.Layout.of(ids, full.int()).mask is None                             # no padding: no mask
+    layout = kernels.Layout.of(ids, padded, unpad_padding=False)
+    assert layout.unpadded is None and torch.equal(layout.mask, padded)
+    layout = kernels.Layout.of(ids, padded)
+    assert layout.mask is None and layout.unpadded.cu_seqlens.tolist() == [0, 5, 7] and layout.starts is None
+    docs = torch.tensor([[0, 0, 1, 1, 1], [3, 4, 4, 4, 4]])
+    layout = kernels.Layout.of(ids, None, docs, unpad_padding=False)                   # packing always unpads
+    assert layout.unpadded.cu_seqlens.tolist() == [0, 2, 5, 6, 10]
+    assert layout.starts.tolist() == [[True, False, True, False, False], [True, True, False, False, False]]
+
+
+def test_layout_gather_then_pad_puts_every_real_token_back():
+    mask = torch.arange(6)[None] < torch.tensor([[6], [3], [0]])                       # (3, 6), an empty row
+    layout = kernels.Layout.of(torch.zeros(3, 6, dtype=torch.long), mask)
+    ids = torch.arange(18).view(3, 6)
+    assert layout.gather(ids).tolist() == ids[mask].tolist() and layout.gather(None) is None
+    assert layout.gather(torch.arange(6)[None]).tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2]     # (1, T) broadcast
+    x = torch.randn(3, 6, 4)
+    back = layout.pad(x[mask])                                                          # (total, 4) -> (3, 6, 4)
+    assert torch.equal(back[mask], x[mask]) and (back[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_self_attention_takes_both_layouts(impl):
+    """kernels.self_attention on (B, T, H, D) with a padded layout and on (total, H, D) with an unpadded one:
+    both give kernels.reference.attention's numbers at the real positions."""
+    if impl == "triton" and kernels._triton_unavailable():
+        pytest.skip(kernels._triton_unavailable())
+    g = torch.Generator().manual_seed(0)
+    B, T, H, D = 3, 9, 2, 16
+    q, k, v = (torch.randn(B, T, H, D, generator=g) for _ in range(3))
+    mask = torch.arange(T)[None] < torch.tensor([[9], [4], [1]])
+    want = reference.attention(*(x.transpose(1, 2) for x in (q, k, v)), key_padding_mask=mask).transpose(1, 2)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    padded = kernels.self_attention(q, k, v, kernels.Layout.of(ids, mask, unpad_padding=False), impl=impl)
+    torch.testing.assert_close(padded[mask], want[mask], atol=1e-5, rtol=1e-5)
+    layout = kernels.Layout.of(ids, mask)
+    unpadded = kernels.self_attention(q[mask], k[mask], v[mask], layout, impl=impl)   # (total, H, D)
+    torch.testing.assert_close(unpadded, want[mask], atol=1e-5, rtol=1e-5)
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_documents_equal_documents_alone(family):
@@ -227,7 +276,7 @@ def test_last_layer_skipping_unread_positions_changes_nothing(family, unpad, mon
     mod_layer = getattr(mod, LAYERS[family])
     ids, mask, types, labels = varied_batch([40, 23, 9], model.config.pad_token_id)
     types = types.clamp(max=model.config.type_vocab_size - 1)                  # RoBERTa has one type
-    for cls in mod.PRETRAINING_CLASSES.values():
+    for cls in mod.FAMILY.pretraining.values():
         torch.manual_seed(0)
         m = cls(dataclasses.replace(model.config, unpad=unpad))
         batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
@@ -372,9 +421,9 @@ def test_tiny_bert_unpadded_through_triton_equals_torch(monkeypatch):
     model = bert.BertModel(config)
     ids, mask, types, _ = varied_batch([20, 7, 1], 0, T=24)
     results = []
+    original = kernels.attention_varlen
     for impl in ("torch", "triton"):
-        monkeypatch.setattr(bert, "attention_varlen",
-                            lambda *a, impl=impl, **kw: kernels.attention_varlen(*a, impl=impl, **kw))
+        monkeypatch.setattr(kernels, "attention_varlen", lambda *a, impl=impl, **kw: original(*a, impl=impl, **kw))
         model.zero_grad()
         h = model(ids, mask, types)
         h[mask].square().sum().backward()

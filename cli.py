@@ -1,0 +1,241 @@
+"""What the command-line tools share. train.py, finetune.py, predict.py and bench.py import this file
+and never each other, so each can be read (and changed) alone.
+
+  families       load_family(name): a model file's FAMILY declaration (modeling.Family), by --model name
+  usage errors   UsageError: bad input from the user, printed as one line with no traceback;
+                 parse_overrides for --set KEY=VALUE
+  setup          pick_device, seed_everything
+  optimisation   make_optimizer (AdamW, no weight decay on biases and norms, optional layer-wise decay)
+                 and lr_factor (linear warm-up, then linear or cosine decay)
+  fill-mask      fill_mask_ids (predict.py's function for encoded batches) and the held-out displays
+                 that train.py prints at the end of a run
+"""
+import contextlib
+import importlib
+import json
+import math
+import random
+import re
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+import modeling
+
+FAMILIES = ("bert", "roberta", "albert", "electra")   # --model names = module names = config.json model_types
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, no traceback."""
+
+
+def load_family(name):
+    """The FAMILY that model file `name`.py declares at its end."""
+    if name not in FAMILIES:
+        raise UsageError(f"unknown model family {name!r}; this repository has {', '.join(FAMILIES)}")
+    family = importlib.import_module(name).FAMILY
+    if not isinstance(family, modeling.Family) or family.name != name:
+        raise TypeError(f"{name}.py must end with FAMILY = modeling.Family(name={name!r}, ...)")
+    return family
+
+
+def parse_overrides(pairs):
+    """--set KEY=VALUE ...: {KEY: VALUE}, VALUE read as JSON where it is (numbers, true, null), else a string."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r} is not KEY=VALUE")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- setup
+
+def pick_device(name):
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+_LAYER = re.compile(r"\.encoder\.(?:layer|albert_layer_groups)\.(\d+)\.")
+_EMBEDDINGS = re.compile(r"\.(?:embeddings|embeddings_project|embedding_hidden_mapping_in)\.")
+
+
+def layer_depths(model):
+    """{parameter name: depth}: 0 embeddings, 1..L encoder layers (ALBERT: shared groups), L + 1 the
+    pooler, L + 2 the task head. Returns (depths, L)."""
+    names = [n for n, _ in model.named_parameters()]
+    L = len({m.group(1) for n in names if (m := _LAYER.search(n))})
+    prefix = model.base_model_prefix + "."
+    depths = {}
+    for n in names:
+        if m := _LAYER.search(n):
+            depths[n] = int(m.group(1)) + 1
+        elif _EMBEDDINGS.search(n):
+            depths[n] = 0
+        elif n.startswith(prefix + "pooler"):
+            depths[n] = L + 1
+        elif n.startswith(prefix):
+            raise ValueError(f"layer decay: no depth for the encoder parameter {n}")
+        else:
+            depths[n] = L + 2                           # classifier: the task head
+    return depths, L
+
+
+def make_optimizer(model, lr, weight_decay, layer_decay=None, fused=False):
+    """AdamW with BERT's settings; no weight decay on biases and LayerNorm weights (the 1-d tensors).
+    With layer_decay (ELECTRA's fine-tuning), one group per (depth, decay) at lr * layer_decay^(L + 2 - depth).
+    fused: one kernel over all the parameters (CUDA and the CPU have it; ~5% of a CPU step)."""
+    depths, L = layer_depths(model) if layer_decay else ({}, 0)
+    groups = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = weight_decay if p.ndim >= 2 else 0.0
+        depth = depths.get(n, L + 2)
+        g = groups.setdefault((depth, wd), {"params": [], "weight_decay": wd, "depth": depth,
+                                            "lr": lr * (layer_decay or 1.0) ** (L + 2 - depth)})
+        g["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=lr, betas=(0.9, 0.999), eps=1e-6, fused=fused)
+
+
+def lr_factor(step, warmup, steps, schedule="linear"):
+    """The learning rate at `step` over its peak: linear warm-up, then linear or cosine decay to 0 at `steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- fill-mask
+
+class Filler(NamedTuple):
+    token: str       # the token as the tokenizer writes it alone: ' paris' for byte-level BPE 'Ġparis'
+    prob: float      # softmax over the vocabulary at the mask
+    id: int
+
+
+def token_text(tok, i):
+    """One token as the tokenizer writes it: the decoder turns 'Ġparis' into ' paris' and '▁paris'
+    into 'paris', and keeps '##s' (a word piece alone); special tokens are shown, not skipped."""
+    return tok.decode([i], skip_special_tokens=False)
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """no_grad and eval mode for the block, then the model's own mode back (train.py calls us mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def fill_mask_ids(model, tok, input_ids, attention_mask=None, token_type_ids=None, top_k=5):
+    """fill_mask for a batch already encoded: (B, T) tensors, True/1 = a real token in attention_mask.
+    A list per row, of a list per position holding tok.mask_id, of `Filler`s, most probable first."""
+    device = next(model.parameters()).device
+    to_device = lambda x: None if x is None else x.to(device)
+    is_mask = input_ids == tok.mask_id                                                 # (B, T)
+    with evaluating(model):
+        logits = model(to_device(input_ids), to_device(attention_mask), to_device(token_type_ids)).logits  # (B, T, V)
+    # a vocabulary padded beyond the tokenizer's (to a multiple of 64, say) has ids that no text can hold
+    probs = logits[is_mask.to(device)][:, :tok.vocab_size].float().softmax(-1)          # (M, V), the masks in order
+    top = probs.topk(min(top_k, probs.shape[-1]))
+    fillers = [[Filler(token_text(tok, i), p, i) for p, i in zip(ps, ids)]
+               for ps, ids in zip(top.values.tolist(), top.indices.tolist())]            # M lists of top_k
+    results = []
+    for n in is_mask.sum(1).tolist():                                                  # back into one list per row
+        results.append(fillers[:n])
+        fillers = fillers[n:]
+    return results
+
+
+def _word_positions(tok, ids):
+    """Positions of tokens that are whole words (not specials, not word pieces), for the display."""
+    pos = []
+    for i, t in enumerate(ids):
+        if t in tok.special_ids:
+            continue
+        s = tok.id_to_token(t)
+        nxt = tok.id_to_token(ids[i + 1]) if i + 1 < len(ids) else ""
+        if tok.kind == "wordpiece":
+            whole = not s.startswith("##") and not nxt.startswith("##") and s.isalpha() and len(s) > 2
+        else:                                                    # bpe 'Ġ' / unigram '▁' mark a word start
+            whole = s[:1] in "Ġ▁" and nxt[:1] in "Ġ▁" and s[1:].isalpha() and len(s) > 3
+        if whole:
+            pos.append(i)
+    return pos
+
+
+def show_fill_mask(mlm, tok, batches, device, n, k=5):
+    """A few held-out sequences with one word masked, and the model's top-k fillers."""
+    b = batches.get_batch(10_000)
+    ids = torch.where(b["labels"] != -100, b["labels"], b["input_ids"])        # the original text
+    rng = random.Random(0)
+    print(f"\nfill-mask on held-out text ({tok.mask_token} = the hidden word, then the top {k} guesses):")
+    for row in range(min(n, ids.shape[0])):
+        real = ids[row][b["attention_mask"][row]].tolist()
+        positions = _word_positions(tok, real)
+        if not positions:
+            continue
+        p = rng.choice(positions)
+        truth = real[p]
+        masked = list(real)
+        masked[p] = tok.mask_id
+        fillers = fill_mask_ids(mlm, tok, torch.tensor([masked], device=device), top_k=k)[0][0]
+        lo, hi = max(0, p - 16), min(len(masked), p + 12)
+        text = f"{tok.decode(real[lo:p])} {tok.mask_token} {tok.decode(real[p + 1:hi])}"
+        guesses = ", ".join(f"{f.token.strip()} {f.prob:.2f}" for f in fillers)
+        print(f"  ...{text}...\n    truth: {tok.decode([truth]).strip()!r:14} model: {guesses}")
+
+
+@torch.no_grad()
+def show_replaced_tokens(electra, tok, batches, device, n, width=48):
+    """ELECTRA: held-out text with the generator's replacements and the discriminator's verdicts."""
+    electra.eval()
+    b = {k: v[:n].to(device) for k, v in batches.get_batch(10_000).items()}
+    r = electra.replaced_token_detection(b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
+                                         b["labels"], generator=torch.Generator(device).manual_seed(0))
+    print("\nreplaced-token detection on held-out text: [original->generator's sample] marks a replaced token,"
+          "\n* a token the discriminator calls replaced (p > 0.5), with its probability:")
+    for row in range(r["original"].shape[0]):
+        real = b["attention_mask"][row].nonzero().flatten().tolist()[:width]
+        words, caught, replaced, false_alarms = [], 0, 0, 0
+        for i in real:
+            o, c = int(r["original"][row, i]), int(r["corrupted"][row, i])
+            if o in tok.special_ids:
+                continue
+            p = float(r["p_replaced"][row, i])
+            flagged = p > 0.5
+            text = tok.id_to_token(o)
+            if bool(r["is_replaced"][row, i]):
+                replaced += 1
+                caught += flagged
+                text = f"[{text}->{tok.id_to_token(c)}]" + (f"*{p:.2f}" if flagged else f"({p:.2f})")
+            elif flagged:
+                false_alarms += 1
+                text = f"{text}*{p:.2f}"
+            words.append(text)
+        line = " ".join(words).replace(" ##", "").replace("##", "")
+        print(f"  {line}\n    replaced {replaced}, caught {caught}, false alarms {false_alarms}")
+    electra.train()
