@@ -305,6 +305,22 @@ def test_bert_learns_a_keyword_classification_task(tmp_path, tokenizers):
     assert model(**enc).logits.argmax(-1).tolist() == [0, 1, 0, 1]
 
 
+def test_default_learning_rate_follows_the_model_size(tmp_path, tokenizers):
+    """No --lr: 1e-3 for the tiny presets (2e-5, the old default, left a default train.py run at chance),
+    the published recipes' for the larger ones; the lr used lands in results.json."""
+    assert finetune.default_lr(bert.BertConfig.from_preset("tiny")) == 1e-3
+    assert finetune.default_lr(electra.ElectraConfig.from_preset("small")) == 3e-4      # ELECTRA-small's
+    assert finetune.default_lr(bert.BertConfig.from_preset("small")) == 1e-4
+    assert finetune.default_lr(bert.BertConfig.from_preset("base")) == 5e-5
+    assert finetune.default_lr(bert.BertConfig.from_preset("large")) == 2e-5
+    ckpt = tmp_path / "bert"
+    make_checkpoint(ckpt, "bert", tokenizers["wordpiece"])
+    train, dev = write_task(tmp_path / "data", 480, 100)
+    [r] = run("--train", train, "--dev", dev, "--init-from", ckpt, "--out", tmp_path / "out")   # every default
+    assert r["args"]["lr"] == 1e-3 and r["args"]["epochs"] == 3
+    assert r["metrics"]["dev"]["accuracy"] >= 0.9
+
+
 def test_bert_learns_a_keyword_count_regression(tmp_path, tokenizers):
     ckpt = tmp_path / "bert"
     make_checkpoint(ckpt, "bert", tokenizers["wordpiece"])
