@@ -51,7 +51,8 @@ import torch.nn as nn
 
 import data
 import tokenizer as tokenizers_lib
-from cli import FAMILIES, UsageError, load_family, make_optimizer, parse_overrides, pick_device
+from cli import (FAMILIES, UsageError, add_threads_arg, load_family, make_optimizer, parse_overrides, pick_device,
+                 set_threads)
 
 # the transformers class that does the same work as ours, per (family, objective)
 HF_CLASSES = {
@@ -101,7 +102,7 @@ def parse_args(argv=None):
     p.add_argument("--min-len", type=int, default=32, help="shortest row with --padding")
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
                    help=f"the device's peak bf16 dense TFLOP/s for MFU (default {PEAK_TFLOPS:g}: H100 spec sheet)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's, one per core)")
+    add_threads_arg(p)                                                   # the default as train.py's
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: CPU time of this process (a CPU shared with other jobs: use it "
                         "with --threads 1, it then counts the work and not the waiting)")
@@ -422,8 +423,7 @@ def _fmt_bytes(n):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.data:
         return bench_data(args)
     device = pick_device(args.device)

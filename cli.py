@@ -4,18 +4,23 @@ and never each other, so each can be read (and changed) alone.
   families       load_family(name): a model file's FAMILY declaration (modeling.Family), by --model name
   usage errors   UsageError: bad input from the user, printed as one line with no traceback;
                  parse_overrides for --set KEY=VALUE
-  setup          pick_device, seed_everything
+  setup          pick_device, seed_everything, set_threads (--threads: the CPU threads torch uses)
+  progress       progress(): a tqdm bar in a terminal, plain lines now and then when the output is a file
   optimisation   make_optimizer (AdamW, no weight decay on biases and norms, optional layer-wise decay)
                  and lr_factor (linear warm-up, then linear or cosine decay)
   fill-mask      fill_mask_ids (predict.py's function for encoded batches) and the held-out displays
                  that train.py prints at the end of a run
 """
+import argparse
 import contextlib
 import importlib
 import json
 import math
+import os
 import random
 import re
+import sys
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -70,6 +75,84 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default where it has one (argparse's ArgumentDefaultsHelpFormatter also
+    prints 'default: None' and 'default: False'), and the description and epilog as written."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS, []) and "default" not in help and action.option_strings:
+            help += " (default: %(default)s)"
+        return help
+
+
+def add_threads_arg(parser):
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch's matmuls and kernels (default: $OMP_NUM_THREADS if set, else the "
+                             "cores this process may use less the other jobs running, i.e. the load average; at least 1)")
+
+
+def set_threads(n=None):
+    """Set torch's intra-op threads: n, else $OMP_NUM_THREADS, else the cores free now. Returns (threads, why).
+
+    torch's default is every core. When other jobs run, its threads wait on each other at every op's
+    barrier and a step slows down by up to several times (a fine-tuning epoch on a 2-core CPU with one
+    other job: 27 s on 2 threads, 9 s on 1), so the default counts the cores that are free: those this
+    process may run on, less the 1-minute load average (the runnable jobs beside it). A run resumed
+    with another thread count continues with other rounding (not bit for bit): pass --threads to pin it."""
+    why = "--threads"
+    if n is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    if n is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n, why = max(1, min(cores, round(cores - load))), f"{cores} cores, load {load:.1f}; --threads N to choose"
+    if n < 1:
+        raise UsageError(f"--threads {n}: give at least 1")
+    torch.set_num_threads(n)
+    return n, why
+
+
+class _PlainProgress:
+    """tqdm's interface (update, set_postfix, write, close) as plain lines, for a log file: one line per 5% of
+    the steps or per minute, whichever comes first, and one at the end, where tqdm would rewrite one line
+    with carriage returns (1,500 steps: 1,600 updates)."""
+
+    def __init__(self, total, initial=0, desc="", every_s=60.0):
+        self.total, self.n, self.desc, self.every_s, self.postfix = total, initial, desc, every_s, {}
+        self.t0 = self.t_last = time.perf_counter()
+        self.n0 = self.n_last = initial
+
+    def update(self, k=1):
+        self.n += k
+        now = time.perf_counter()
+        if self.n >= self.total or self.n - self.n_last >= max(1, self.total // 20) or now - self.t_last >= self.every_s:
+            rate = (self.n - self.n0) / max(now - self.t0, 1e-9)
+            left = (self.total - self.n) / rate if rate > 0 else float("inf")
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 360000 else "?"
+            print(f"{self.desc}: {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
+                  f"{rate:.2f} steps/s, {now - self.t0:.0f} s, {eta} left{extra}", flush=True)
+            self.t_last, self.n_last = now, self.n
+
+    def set_postfix(self, **kw):
+        self.postfix = kw
+
+    def write(self, s):
+        print(s, flush=True)
+
+    def close(self):
+        pass
+
+
+def progress(total, initial=0, desc="", disable=False):
+    """A progress display: tqdm's bar when stderr is a terminal, else _PlainProgress's periodic lines."""
+    if not disable and not sys.stderr.isatty():
+        return _PlainProgress(total, initial, desc)
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=disable)
 
 
 # ----------------------------------------------------------------------------- optimisation

@@ -56,7 +56,8 @@ from typing import NamedTuple, Optional
 import torch
 
 import tokenizer as tokenizers_lib
-from cli import FAMILIES, UsageError, load_family, lr_factor, make_optimizer, pick_device, seed_everything
+from cli import (FAMILIES, HelpFormatter, UsageError, add_threads_arg, load_family, lr_factor, make_optimizer,
+                 pick_device, progress, seed_everything, set_threads)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -392,6 +393,7 @@ def finetune(args):
     scoring = task if args.task else ("regression" if regression else "classification")
 
     device = pick_device(args.device)
+    threads, why = set_threads(args.threads)
     seed_everything(args.seed)                      # the fresh head's init and the batch order follow --seed
     if args.precision is None:
         args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -433,12 +435,12 @@ def finetune(args):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{task}: {len(train_rows)} train / {', '.join(f'{len(r)} {n}' for n, r in dev_rows.items())} examples, "
           f"{head}; {type(model).__name__} {'at random, shaped as' if args.random_init else 'from'} {args.init_from} "
-          f"({n_params / 1e6:.1f}M), {device} "
+          f"({n_params / 1e6:.1f}M), {device}" + (f" ({threads} thread{'s' * (threads > 1)}: {why})"
+                                                   if device.type == "cpu" else "") + " "
           f"{args.precision}; {args.epochs} epochs x {steps_per_epoch} steps of {args.batch_size}, lr {args.lr}"
           + (f", layer decay {args.layer_decay}" if args.layer_decay else ""))
 
-    from tqdm import tqdm
-    bar = tqdm(total=total, desc=task, unit="step", dynamic_ncols=True)
+    bar = progress(total, desc=task)
     order = torch.Generator().manual_seed(args.seed)
     best, step, t0 = None, 0, time.perf_counter()
     model.train()
@@ -521,7 +523,7 @@ def results_table(all_results):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--task", help=f"GLUE task: {', '.join(GLUE_TASKS)}, a comma-separated list, or all")
     p.add_argument("--data-dir", default="glue_data", help="folder of the GLUE task folders (CoLA/, SST-2/, ...)")
     p.add_argument("--skip-missing", action="store_true", help="with several tasks, skip those whose files are missing")
@@ -549,6 +551,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="fp16 uses a GradScaler (default: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    add_threads_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default: runs/finetune/TASK; with several tasks, OUT/TASK)")
     args = p.parse_args(argv)

@@ -34,8 +34,9 @@ import torch
 
 import data
 import tokenizer as tokenizers_lib
-from cli import (FAMILIES, UsageError, load_family, lr_factor, make_optimizer, parse_overrides, pick_device,
-                 seed_everything, show_fill_mask, show_replaced_tokens)
+from cli import (FAMILIES, HelpFormatter, UsageError, add_threads_arg, load_family, lr_factor, make_optimizer,
+                 parse_overrides, pick_device, progress, seed_everything, set_threads, show_fill_mask,
+                 show_replaced_tokens)
 
 # Per-family defaults for the flags left unset: sized so that the default run finishes on a
 # 2-core laptop CPU in a few minutes. On a GPU pass --preset base and a real --steps.
@@ -46,7 +47,7 @@ RECIPES = {
     "electra": dict(preset="tiny", steps=1500, batch_size=32, seq_len=128, lr=5e-4, warmup=150),
 }
 # flags a --resume may change; every other flag must match the run being resumed
-RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device",
+RESUME_MAY_CHANGE = {"steps", "eval_every", "save_every", "log_every", "eval_batches", "device", "threads",
                      "compile", "keep", "resume", "out", "show", "max_bad_steps"}
 
 
@@ -62,8 +63,9 @@ class TrainingStopped(Exception):
 # ----------------------------------------------------------------------------- arguments
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipes = "\n".join(f"  {m:8} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items()) for m, r in RECIPES.items())
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False, formatter_class=HelpFormatter,
+                                epilog=f"The flags left unset take the family's CPU-sized recipe:\n{recipes}")
     p.add_argument("--model", required=True, help=f"model family: {', '.join(FAMILIES)}")
     p.add_argument("--objective", help="pretraining objective (default: the family's own, e.g. mlm+nsp for bert)")
     p.add_argument("--preset", help="model size, e.g. tiny/mini/small/base/large (default: a CPU-sized one)")
@@ -110,8 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--out", help="run directory (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--init-from", help="start from the weights of a Hugging Face checkpoint directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the data order, the masks and dropout")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    add_threads_arg(p)
     p.add_argument("--show", type=int, default=4, help="held-out examples shown at the end")
     p.add_argument("--max-bad-steps", type=int, default=10,
                    help="consecutive steps with a non-finite loss or gradient (each one skipped) before the run stops")
@@ -341,6 +344,7 @@ def main(argv=None):
     family = load_family(args.model)
     run_dir = Path(args.out)
     rank, world, device = setup_distributed(args)
+    threads, why = set_threads(args.threads)                 # before any work: torch keeps the first setting
     say = print if rank == 0 else (lambda *a, **k: None)     # only rank 0 prints, logs and writes
     args.world_size = world
 
@@ -446,6 +450,7 @@ def main(argv=None):
     tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * world
     say(f"{args.model} {args.preset} ({n_params / 1e6:.1f}M parameters), objective {objective}, "
         f"{device} {args.precision}, kernels {__import__('kernels').BACKEND}"
+        + (f", {threads} thread{'s' * (threads > 1)} ({why})" if device.type == "cpu" else "")
         + (f", {world} processes (DDP)" if world > 1 else "") + "\n"
         f"data: {len(files)} file(s), {train_corpus.n_docs} train / {val_corpus.n_docs} held-out documents, "
         f"{train_corpus.n_tokens / 1e6:.2f}M train tokens, vocabulary {tok.vocab_size}"
@@ -463,14 +468,13 @@ def main(argv=None):
             return save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args, rng)
 
     # -- the loop
-    from tqdm import tqdm
     first_eval = None
     if step == 0 and rank == 0:
         first_eval = evaluate(model, val_batches, args.eval_batches, device, autocast)
         record({"step": 0, **first_eval})
     stream = train_batches.iterate(start_step=step * args.grad_accum)
     model.train()
-    bar = tqdm(total=args.steps, initial=step, desc="pretraining", unit="step", dynamic_ncols=True, disable=rank != 0)
+    bar = progress(args.steps, step, "pretraining", disable=rank != 0)
     write = bar.write if rank == 0 else (lambda *a, **k: None)
     t_log, data_time, compute_time, sums, n_sums, window = time.perf_counter(), 0.0, 0.0, {}, 0, 0
     last_eval, bad_in_a_row, skipped, finished = first_eval, 0, 0, False

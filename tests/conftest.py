@@ -29,3 +29,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# the CLIs choose their thread count from the machine's load unless told (cli.set_threads); a test that
+# compares two runs bit for bit needs both on the same count, in this process and in the ones it starts
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))

@@ -1,0 +1,86 @@
+"""cli.py: the thread count, the progress display, --help, the schedule and the optimizer groups."""
+import io
+import os
+
+import pytest
+import torch
+
+import cli
+import train
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("cores, load, want", [(2, 0.1, 2), (2, 0.9, 1), (2, 1.6, 1), (2, 5.0, 1), (8, 2.2, 6),
+                                                (8, 0.0, 8), (1, 0.0, 1)])
+def test_default_threads_are_the_free_cores(monkeypatch, restore_threads, cores, load, want):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    n, why = cli.set_threads()
+    assert n == want == torch.get_num_threads() and f"{cores} cores, load {load:.1f}" in why
+
+
+def test_threads_flag_and_environment_win(monkeypatch, restore_threads):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert cli.set_threads(2)[0] == 2 == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cli.set_threads() == (1, "OMP_NUM_THREADS")
+    with pytest.raises(cli.UsageError, match="--threads 0: give at least 1"):
+        cli.set_threads(0)
+
+
+def test_progress_in_a_file_is_a_few_plain_lines(capsys):
+    bar = cli.progress(1500, desc="pretraining")                 # pytest's stderr is not a terminal
+    assert isinstance(bar, cli._PlainProgress)
+    for step in range(1500):
+        bar.update(1)
+        if step == 700:
+            bar.set_postfix(loss="3.210")
+            bar.write("step 700: val_loss 3.3")
+    bar.close()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\r" not in out and 20 <= len(lines) <= 23          # every 5%, the end, the one written line
+    assert lines[-1].startswith("pretraining: 1500/1500 (100%)") and "loss 3.210" in lines[-1]
+    assert "step 700: val_loss 3.3" in lines
+
+
+def test_progress_in_a_terminal_is_tqdm(monkeypatch):
+    monkeypatch.setattr("sys.stderr", type("Tty", (io.StringIO,), {"isatty": lambda self: True})())
+    bar = cli.progress(10, desc="x")
+    assert type(bar).__name__ == "tqdm"
+    bar.close()
+
+
+def test_train_help_shows_the_defaults_and_the_recipes(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "AdamW decay (not on biases and norms) (default: 0.01)" in text
+    assert "(default: 500)" in text and "(default: None)" not in text and "(default: False)" not in text
+    assert "electra --preset tiny --steps 1500 --batch-size 32 --seq-len 128 --lr 0.0005 --warmup 150" in text
+
+
+def test_lr_factor_warms_up_then_decays():
+    assert [round(cli.lr_factor(s, 4, 12), 3) for s in (0, 1, 3, 4, 8, 12, 20)] == [0.25, 0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    assert cli.lr_factor(8, 4, 12, "cosine") == pytest.approx(0.5)
+
+
+def test_optimizer_groups_put_no_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = cli.make_optimizer(model, 1e-3, 0.01)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay == {id(model[0].weight): 0.01, id(model[0].bias): 0.0, id(model[1].weight): 0.0,
+                     id(model[1].bias): 0.0}
+
+
+def test_parse_overrides_reads_json_values():
+    assert cli.parse_overrides(["a=1", "b=true", "c=gelu", "d=0.5"]) == {"a": 1, "b": True, "c": "gelu", "d": 0.5}
+    with pytest.raises(cli.UsageError, match="not KEY=VALUE"):
+        cli.parse_overrides(["hidden_size"])
