@@ -30,6 +30,11 @@ command has not changed are reused from --out, so a curve can be extended a budg
     apt-get download bible-kjv bible-kjv-text && for d in bible-kjv*.deb; do dpkg-deb -x $d kjv; done
     kjv/usr/bin/bible -p kjv/usr/lib -l100000 "Gen1:1-Rev22:21" > kjv.txt
     python experiment.py --prepare-kjv kjv.txt data/kjv   # data/kjv/corpus.txt, train.csv, dev.csv
+
+The task: a verse's book group (law and history, poetry and prophets, gospels and Acts, epistles and
+Revelation), ~1,500 train / ~500 dev verses held out of the corpus, the dev verses from other books than
+the train verses (--split-by verse: from the same books; a model trained from scratch then does as well as
+a briefly pretrained one, by the books' own names and words).
 """
 import argparse
 import csv
@@ -99,29 +104,47 @@ def read_kjv(path):
     return verses
 
 
-def prepare_kjv(text, out, n_train=1500, n_dev=500, min_words=8, seed=0):
-    """Write out/train.csv, out/dev.csv (text,label: the verse's book group, classes balanced) and
+def prepare_kjv(text, out, n_train=1500, n_dev=500, min_words=8, seed=0, split_by="book"):
+    """Write out/train.csv, out/dev.csv (text,label,book: the label is the verse's book group) and
     out/corpus.txt (every other verse, one a line, a blank line between chapters: train.py --data).
-    The labelled verses are held out of the corpus, so no pretraining run has read them."""
+    The labelled verses are held out of the corpus, so no pretraining run has read them. split_by "verse":
+    train and dev verses drawn from the same books (balanced classes, n_train / n_dev exactly); "book":
+    each group's books split between train and dev (~n_dev / 4 dev verses a group), so a dev verse's book,
+    and the names and places only it holds, were never seen labelled: what the corpus must teach."""
     verses = read_kjv(text)
     groups = list(KJV_GROUPS)
     if n_train % len(groups) or n_dev % len(groups):
         raise UsageError(f"train/dev sizes must be multiples of the {len(groups)} classes")
-    rng = random.Random(seed)
+    if split_by not in ("verse", "book"):
+        raise UsageError(f"split_by {split_by!r}: choose verse or book")
+    rng, book_rng = random.Random(seed), random.Random(seed + 1)
     picked = {}                                                   # verse index -> "train" / "dev"
+    per_dev = n_dev // len(groups)
     for g in groups:
         pool = [i for i, (b, _, v) in enumerate(verses) if BOOK_GROUP[b] == g and len(v.split()) >= min_words]
         chosen = rng.sample(pool, (n_train + n_dev) // len(groups))
-        for k, i in enumerate(chosen):
-            picked[i] = "train" if k < n_train // len(groups) else "dev"
+        if split_by == "verse":
+            for k, i in enumerate(chosen):
+                picked[i] = "train" if k < n_train // len(groups) else "dev"
+            continue
+        books = list(dict.fromkeys(verses[i][0] for i in chosen))
+        book_rng.shuffle(books)
+        dev_books, n = set(), 0
+        for b in books:                                           # whole books into dev, up to ~per_dev verses
+            k = sum(verses[i][0] == b for i in chosen)
+            if n < 0.8 * per_dev and n + k <= 1.25 * per_dev:
+                dev_books.add(b)
+                n += k
+        for i in chosen:
+            picked[i] = "dev" if verses[i][0] in dev_books else "train"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev"):
-        rows = [(verses[i][2], BOOK_GROUP[verses[i][0]]) for i in sorted(picked) if picked[i] == split]
+        rows = [(verses[i][2], BOOK_GROUP[verses[i][0]], verses[i][0]) for i in sorted(picked) if picked[i] == split]
         rng.shuffle(rows)
         with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["text", "label"])
+            w.writerow(["text", "label", "book"])
             w.writerows(rows)
     lines, last = [], None
     for i, (b, c, v) in enumerate(verses):
@@ -131,8 +154,9 @@ def prepare_kjv(text, out, n_train=1500, n_dev=500, min_words=8, seed=0):
         if i not in picked:
             lines.append(v)
     (out / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"{out}: corpus.txt ({len(verses) - len(picked)} verses), train.csv ({n_train}), dev.csv ({n_dev}); "
-          f"{len(groups)} balanced classes: {', '.join(groups)}")
+    n = {split: sum(v == split for v in picked.values()) for split in ("train", "dev")}
+    print(f"{out}: corpus.txt ({len(verses) - len(picked)} verses), train.csv ({n['train']}), dev.csv ({n['dev']}"
+          f"{', from other books than train' if split_by == 'book' else ''}); {len(groups)} classes: {', '.join(groups)}")
 
 
 # ----------------------------------------------------------------------------- FLOPs and steps
@@ -437,6 +461,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prepare-kjv", nargs=2, metavar=("BIBLE_TXT", "DIR"),
                    help="write DIR/corpus.txt, train.csv, dev.csv from the bible-kjv text, then stop")
+    p.add_argument("--split-by", choices=("book", "verse"), default="book",
+                   help="--prepare-kjv: dev verses from other books than train's (book), or from the same (verse)")
     p.add_argument("--data", nargs="+", help="pretraining text: files, folders or globs of .txt (train.py --data)")
     p.add_argument("--train", type=Path, help="labelled train file (.csv/.tsv/.jsonl, finetune.py --train)")
     p.add_argument("--dev", type=Path, help="labelled dev file, same columns")
@@ -492,7 +518,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.prepare_kjv:
-        return prepare_kjv(*args.prepare_kjv)
+        return prepare_kjv(*args.prepare_kjv, split_by=args.split_by)
     return run_experiment(args)
 
 

@@ -92,7 +92,8 @@ def test_a_budget_buys_each_family_its_own_steps():
 
 # ----------------------------------------------------------------------------- the KJV task
 
-def test_prepare_kjv_holds_the_labelled_verses_out_of_the_corpus(tmp_path):
+def fake_bible(path):
+    """Every book in the `bible -l100000` layout, 2 chapters of 8 verses that name their book."""
     rng, lines, n = random.Random(1), [], 0
     for book in experiment.BOOK_GROUP:
         for chapter in (1, 2):
@@ -100,21 +101,35 @@ def test_prepare_kjv_holds_the_labelled_verses_out_of_the_corpus(tmp_path):
             for v in range(1, 9):
                 n += 1
                 lines.append(f"  {v} Verse {n} of {book} " + " ".join(rng.choice(COMMON) for _ in range(8)))
-    (tmp_path / "bible.txt").write_text("\n".join(lines) + "\n")
-    experiment.prepare_kjv(tmp_path / "bible.txt", tmp_path / "kjv", n_train=40, n_dev=20)
+    path.write_text("\n".join(lines) + "\n")
+    return n
+
+
+@pytest.mark.parametrize("split_by", ["verse", "book"])
+def test_prepare_kjv_holds_the_labelled_verses_out_of_the_corpus(tmp_path, split_by):
+    n = fake_bible(tmp_path / "bible.txt")
+    experiment.prepare_kjv(tmp_path / "bible.txt", tmp_path / "kjv", n_train=80, n_dev=40, split_by=split_by)
     rows = {s: list(csv.DictReader(open(tmp_path / "kjv" / f"{s}.csv"))) for s in ("train", "dev")}
-    assert [len(rows["train"]), len(rows["dev"])] == [40, 20]
-    for split in rows.values():                                           # balanced classes
-        assert sorted({r["label"] for r in split}) == sorted(experiment.KJV_GROUPS)
-        assert len({sum(r["label"] == g for r in split) for g in experiment.KJV_GROUPS}) == 1
+    assert len(rows["train"]) + len(rows["dev"]) == 120
     for r in rows["train"] + rows["dev"]:                                 # the label is the verse's book's group
-        book = r["text"].split(" of ", 1)[1].rsplit(" ", 8)[0]
-        assert experiment.BOOK_GROUP[book] == r["label"]
+        assert r["text"].split(" of ", 1)[1].rsplit(" ", 8)[0] == r["book"]
+        assert experiment.BOOK_GROUP[r["book"]] == r["label"]
+    for split in rows.values():
+        assert sorted({r["label"] for r in split}) == sorted(experiment.KJV_GROUPS)
+    counts = {s: [sum(r["label"] == g for r in rows[s]) for g in experiment.KJV_GROUPS] for s in rows}
+    if split_by == "verse":                                               # exact sizes, balanced classes
+        assert counts == {"train": [20] * 4, "dev": [10] * 4}
+    else:                                                                 # whole books on each side, ~10 dev a group
+        assert not {r["book"] for r in rows["train"]} & {r["book"] for r in rows["dev"]}
+        assert all(8 <= c <= 13 for c in counts["dev"]), counts
     corpus = (tmp_path / "kjv" / "corpus.txt").read_text()
     labelled = {r["text"] for r in rows["train"] + rows["dev"]}
     kept = [l for l in corpus.splitlines() if l]
-    assert len(kept) == n - 60 and not labelled & set(kept)
-    assert corpus.count("\n\n") == 2 * len(experiment.BOOK_GROUP) - 1     # a document per chapter
+    assert len(kept) == n - 120 and not labelled & set(kept)
+    assert corpus.count("\n\n") == 2 * len(experiment.BOOK_GROUP) - 1    # a document per chapter
+
+
+def test_prepare_kjv_refuses_a_partial_text(tmp_path):
     (tmp_path / "short.txt").write_text("Genesis 1\n\n  1 In the beginning.\n")
     with pytest.raises(experiment.UsageError, match="1 of the 66 books"):
         experiment.prepare_kjv(tmp_path / "short.txt", tmp_path / "x")
