@@ -14,24 +14,29 @@ spill) and the static shared memory, added to the dynamic shared memory Triton a
 (Hopper's warp-group MMA), else `mma.sync` (Ampere's, also run by Hopper), else none.
 
 The matrix (--subset full): the three flash-attention kernels x every candidate config of
-kernels/attention.py's GPU_CONFIGS (what the autotuner may try) x precisions fp16, bf16, fp32
-(ieee matmuls, torch's default) and tf32 (fp32 operands, allow_tf32) x head dims 16/32/64/128 x
-dropout off/on x the layouts the launchers pass (LAYOUTS: no mask with T a multiple of every
-block (EVEN_M, EVEN_N, no key bias) or ragged; a padding mask, even or ragged; variable length)
-x both targets; and the masked-softmax forward and backward x every launch config
-softmax._launch_config picks (Tk from 1 to 16384) x fp16/bf16/fp32 x mask x dropout x targets.
-Each case is specialized as Triton's JIT would specialize a real call: pointers and multiples of
-16 marked 16-divisible, the dropout seed never specialized.
+kernels/attention.py's GPU_CONFIGS (what the autotuner may try) x precisions fp16, bf16 and fp32
+(ieee matmuls, torch's default; tiles of at most FP32_MAX_TILE elements only, bigger ones spill
+kilobytes there) -- tf32 (fp32 operands, allow_tf32) on request -- x head dims 16/32/64/128 x
+dropout off/on x the layouts the launchers pass (LAYOUTS: a padding mask with T a multiple of every
+block (EVEN_M, EVEN_N) or ragged; no mask, even (no key bias) or ragged; variable length) x both
+targets; and the masked-softmax forward and backward x every launch config softmax._launch_config
+picks (Tk from 1 to 16384) x fp16/bf16/fp32 x mask x dropout x targets. Each case is specialized
+as Triton's JIT specializes a real call: pointers and multiples of 16 marked 16-divisible, 1 a
+constant, the dropout seed never specialized.
 
 From the results, per kernel, target and case (precision, head dim, dropout): a config is CLEAN
-when it compiles, fits and has STACK 0 in every layout; offered_configs.json lists the clean
-ones, which the autotuner alone is offered (attention._offered_only). A case with no clean config
-keeps its least-spilling one (a "fallback", listed in the report). The CI subset (--subset ci)
-compiles every candidate config of every kernel for both targets at least once, in cases where
-it is offered, and meanwhile every precision, head dim, layout (so every switch value) and
-dropout value at least once; --check fails on a compile error, a shared-memory overflow or a
-spill in an offered config. Run in a process pool (--jobs, default one per core); set
-TRITON_CACHE_DIR to compile from nothing.
+when it compiles, fits and has STACK 0 in every layout (its layouts are compiled one after another,
+stopping at the first that is not clean); offered_configs.json lists the clean ones, and the
+autotuner is offered those only (attention._offered_only). A case with no clean config keeps its
+least-spilling one (a "fallback", compiled in every layout and listed in the report); a softmax
+launch config that spills is listed with its bytes (there is no autotuner to choose another). The
+CI subset (--subset ci) compiles every candidate config of every kernel for both targets at least
+once, in a case where it is offered, and meanwhile every precision (tf32 too), head dim, layout
+(so every switch value) and dropout value at least once; then every config offered for the BERT
+cases (D 64, fp16 / bf16, dropout on and off), with a mask and in one other layout. --check fails
+on a compile error, or a shared-memory overflow or a spill in an offered config beyond what the
+tables record.
+Run in a process pool (--jobs, default one per core); set TRITON_CACHE_DIR to compile from nothing.
 """
 import argparse
 import concurrent.futures as cf
@@ -73,6 +78,13 @@ LAYOUTS = {"mask": (True, False, 512), "dense": (False, False, 512), "mask-ragge
 # so the matrix compiles fp32 for tiles of at most this many elements (the others are not offered for it)
 FP32_MAX_TILE = 64 * 64
 SOFTMAX_LAYOUTS = {"dense": False, "mask": True}
+# the autotuner's lists before it was pruned per case (commit a994aed): the "before" of the spill table
+UNPRUNED_CONFIGS = {
+    "_attn_fwd": ("128x64w4s3", "128x64w8s3", "128x128w8s3", "128x64w4s4", "64x64w4s3", "64x64w4s2", "128x32w4s3"),
+    "_attn_bwd_dkdv": ("64x128w8s2", "64x128w8s3", "32x128w4s3", "64x64w4s2", "64x64w4s3", "32x64w4s3"),
+    "_attn_bwd_dq": ("128x64w8s2", "128x64w8s3", "128x32w4s3", "64x64w4s2", "64x64w4s3", "64x32w4s3"),
+}
+BERT_PRECISIONS = ("fp16", "bf16")                      # with D 64: the cases BERT-family models run
 H = 12                                                  # heads (BERT-base): not a multiple of 16
 
 
@@ -136,7 +148,9 @@ def ci_subset(offered, targets=tuple(TARGETS), kernels=KERNELS):
     """A covering subset: per kernel and target, every candidate config once, in a case where it is offered
     (outside a fallback case where possible), each pick the case that covers the most precisions, head dims,
     layouts and dropout values not yet covered, the cheapest of those; then more picks until all of them
-    are covered. Deterministic."""
+    are covered; then every config offered for the cases BERT-family models run (D 64, fp16 and bf16,
+    dropout on and off), in the mask layout (where most spills show) and one other, taken in turn.
+    Deterministic."""
     picked = []
     for kernel, target in itertools.product(kernels, targets):
         cases = full_matrix((target,), (kernel,))
@@ -159,6 +173,15 @@ def ci_subset(offered, targets=tuple(TARGETS), kernels=KERNELS):
         while want - done:
             new = [c for c in cases if _covers(c) - done]
             take([c for c in new if is_offered(c)] or new)
+        if kernel in ATTENTION_KERNELS:                          # and every offered config of the BERT cases
+            others = [layout for layout in LAYOUTS if layout != "mask"]
+            for i, (precision, dropout) in enumerate(itertools.product(BERT_PRECISIONS, (False, True))):
+                case = dict(kernel=kernel, target=target, precision=precision, head_dim=64, dropout=dropout)
+                for j, config in enumerate(table.get(case_name(case), ())):
+                    for layout in ("mask", others[(i + j) % len(others)]):
+                        pick = dict(case, layout=layout, config=config)
+                        if pick not in picked:
+                            picked.append(pick)
     return picked
 
 
@@ -279,10 +302,6 @@ def clean(result):
 
 # ----------------------------------------------------------------------------- many cases
 
-def _interpreting():
-    return getattr(_module("_attn_fwd"), "_INTERPRET", False)
-
-
 _FIELDS = ("kernel", "target", "precision", "head_dim", "layout", "dropout", "config")
 
 
@@ -290,18 +309,18 @@ def _key(case, without=()):
     return tuple(case[k] for k in _FIELDS if k not in without)
 
 
-def compile_group(cases):
-    """compile_case over the layouts of one (case, config) in turn, stopping at the first that is not clean:
-    the config is then not offered for the case, whatever the other layouts say."""
+def compile_group(cases, stop_early=True):
+    """compile_case over the layouts of one (case, config) in turn, stopping at the first that is not clean
+    (the config is then not offered for the case, whatever the other layouts say) unless not stop_early."""
     results = []
     for case in cases:
         results.append(compile_case(case))
-        if not clean(results[-1]):
+        if stop_early and not clean(results[-1]):
             break
     return results
 
 
-def compile_cases(cases, jobs=None, progress=None, done=()):
+def compile_cases(cases, jobs=None, progress=None, done=(), stop_early=True):
     """compile_group over `cases` grouped by all but the layout, in a pool of `jobs` processes (default: one
     per core); the results in the order of the input, without the layouts a group stopped before. `done`:
     results already had (an interrupted run's), not compiled again. `progress(result)` is called as each one
@@ -313,7 +332,7 @@ def compile_cases(cases, jobs=None, progress=None, done=()):
     todo = []
     for group in groups.values():
         had = [have[_key(c)] for c in group if _key(c) in have]
-        if all(clean(r) for r in had):
+        if not stop_early or all(clean(r) for r in had):
             todo.append([c for c in group if _key(c) not in have])
     # the cheap softmax first, then the cases BERT-family models run (D 64, 16-bit), fp32's slow ones last
     todo.sort(key=lambda g: (g[0]["kernel"] in ATTENTION_KERNELS, g[0]["precision"] == "fp32",
@@ -322,7 +341,7 @@ def compile_cases(cases, jobs=None, progress=None, done=()):
     env_interpret = os.environ.pop("TRITON_INTERPRET", None)     # spawned workers inherit the environment
     try:
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(compile_group, group) for group in todo if group]
+            futures = [pool.submit(compile_group, group, stop_early) for group in todo if group]
             for f in cf.as_completed(futures):
                 for r in f.result():
                     have[_key(r)] = r
@@ -373,23 +392,34 @@ def offered_tables(results):
             fallback.setdefault(kernel, {}).setdefault(target, {})[case] = dict(config=least,
                                                                                 stack=cells[least]["stack"])
         offered.setdefault(kernel, {}).setdefault(target, {})[case] = keep
+    softmax = {}                                              # no autotuner: a spilling launch config is kept
+    for r in results:
+        if r["kernel"] in SOFTMAX_KERNELS and r["ok"] and r["stack"]:
+            known = softmax.setdefault(r["kernel"], {}).setdefault(r["target"], {})
+            known[r["config"]] = max(known.get(r["config"], 0), r["stack"])
     return dict(about="Generated by `python -m kernels.aot --write-offered`: per kernel, target and case the "
                       "configs the autotuner is offered (they compile, fit shared memory and do not spill in any "
-                      "layout); a fallback case has no such config and keeps its least-spilling one.",
+                      "layout); a fallback case has no such config and keeps its least-spilling one; "
+                      "softmax_spills: the masked-softmax launch configs that spill (worst stack bytes).",
                 triton=triton.__version__, date=datetime.date.today().isoformat(),
-                offered=offered, fallback=fallback)
+                offered=offered, fallback=fallback, softmax_spills=softmax)
 
 
 def failures(results, offered):
     """[(result, why)] for the --check: a compile error; a shared-memory overflow or a spill in a config that
-    `offered` offers for its case (a fallback case's recorded spill excepted)."""
+    `offered` offers for its case (or a softmax launch config), a spill recorded there (a fallback case's, a
+    softmax_spills entry) up to its recorded bytes excepted."""
     bad = []
     for r in results:
         table = offered.get("offered", {}).get(r["kernel"], {}).get(r["target"], {})
         is_softmax = r["kernel"] in SOFTMAX_KERNELS
         name = None if is_softmax else case_name(r)
         is_offered = is_softmax or r["config"] in table.get(name, ())
-        known = offered.get("fallback", {}).get(r["kernel"], {}).get(r["target"], {}).get(name)
+        if is_softmax:
+            stack = offered.get("softmax_spills", {}).get(r["kernel"], {}).get(r["target"], {}).get(r["config"])
+            known = None if stack is None else dict(config=r["config"], stack=stack)
+        else:
+            known = offered.get("fallback", {}).get(r["kernel"], {}).get(r["target"], {}).get(name)
         if not r["ok"]:
             bad.append((r, r["error"]))
         elif is_offered and not r["fits"]:
@@ -407,9 +437,10 @@ def _label(r):
 
 
 def spill_summary(results, offered, kernels=ATTENTION_KERNELS):
-    """Rows (kernel, target, scope, before, after) for the before/after table. before: the (case, config)
-    pairs of every candidate (what the autotuner was offered before pruning) that spill; after: those of the
-    offered configs. scope "all" or "BERT" (D 64, fp16/bf16, every layout and dropout)."""
+    """Rows (kernel, target, scope, before, after) for the before/after table, each [spilling (case, config)
+    pairs, pairs, worst stack bytes] over the pairs that compile. before: UNPRUNED_CONFIGS, what the autotuner
+    was offered in every case; after: the configs `offered` offers. scope "all" or "BERT" (D 64, fp16 and
+    bf16, every layout and dropout). A pair's bytes: those of the first layout where it spills."""
     rows = []
     cells = per_case(results)
     for kernel, target in itertools.product(kernels, TARGETS):
@@ -421,7 +452,7 @@ def spill_summary(results, offered, kernels=ATTENTION_KERNELS):
                 names = offered.get("offered", {}).get(k, {}).get(t, {}).get(case, ())
                 for c, cell in configs.items():
                     spill = cell["ok"] and cell["stack"] > 0
-                    for tally, counted in ((before, True), (after, c in names)):
+                    for tally, counted in ((before, c in UNPRUNED_CONFIGS[k]), (after, c in names)):
                         if counted and cell["ok"]:
                             tally[0] += spill
                             tally[1] += 1
@@ -443,11 +474,15 @@ def markdown(results, offered, seconds, title):
              f"compiled, {sum(not r['ok'] for r in results)} errors, "
              f"{sum(r['ok'] and not r['fits'] for r in results)} over the shared-memory limit, "
              f"{sum(r['ok'] and r['stack'] > 0 for r in results)} spilling; "
-             f"{sum(r['compile_s'] for r in results) / 60:.1f} min of compiling, {seconds / 60:.1f} min wall.", "",
+             f"{sum(r['compile_s'] for r in results) / 60:.1f} min of compiling (the sum over the compiles), "
+             f"{seconds / 60:.1f} min wall in the invocation that wrote this (an interrupted run's results are "
+             "resumed from its progress file).", "",
              "## Spills before and after pruning", "",
-             "(case, config) pairs that spill in at least one layout, of the pairs that compile; before: every "
-             "candidate config, as the autotuner was offered them; after: the offered ones. BERT: D 64, "
-             "fp16 and bf16.", "",
+             "(case, config) pairs that spill in at least one layout, of the pairs that compile; before: the "
+             "configs the autotuner was offered in every case before pruning (kernels.aot.UNPRUNED_CONFIGS); "
+             "after: those offered_configs.json offers. A case is (precision, head dim, dropout); BERT: D 64, "
+             "fp16 and bf16. The bytes: the worst pair's stack in the first layout where it spills (layouts are "
+             f"compiled in the order {', '.join(LAYOUTS)}, stopping at the first that spills).", "",
              "| kernel | target | cases | before: spilling / pairs (worst) | after: spilling / pairs (worst) |",
              "|---|---|---|---|---|"]
     for kernel, target, scope, b, a in spill_summary(results, offered):
@@ -455,6 +490,11 @@ def markdown(results, offered, seconds, title):
     fb = [(k, t, c, v) for k, ts in offered.get("fallback", {}).items() for t, cs in ts.items() for c, v in cs.items()]
     lines += ["", f"Cases with no clean config (fallback: the least-spilling one is offered): {len(fb) or 'none'}."]
     lines += [f"- {k} {t} {c}: {v['config']}, {v['stack']} B of stack" for k, t, c, v in fb]
+    sp = [(k, t, c, b) for k, ts in offered.get("softmax_spills", {}).items() for t, cs in ts.items()
+          for c, b in cs.items()]
+    lines += ["", f"Masked-softmax launch configs that spill (no autotuner: kept, checked against these bytes): "
+              f"{len(sp) or 'none'}."]
+    lines += [f"- {k} {t} {c}: up to {b} B of stack" for k, t, c, b in sp]
     lines += ["", "## Per case", "",
               "Per (kernel, target, precision/head dim/dropout), over the layouts "
               f"({', '.join(LAYOUTS)}) and candidate configs: offered configs; spilling ones with their worst "
@@ -508,6 +548,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "runs" / "aot"), help="folder for aot_report.json / .md (and the "
                    "progress file aot_results.jsonl, from which an interrupted run resumes)")
     p.add_argument("--resume", action="store_true", help="keep the results already in --out's progress file")
+    p.add_argument("--no-compile", action="store_true", help="with --resume: report what the progress file has, "
+                   "compile nothing")
     p.add_argument("--offered", default=str(OFFERED_PATH), help="the offered-config tables the CI subset and "
                    "--check read (default: kernels/offered_configs.json)")
     p.add_argument("--write-offered", action="store_true", help="(full matrix) write the offered-config tables "
@@ -517,6 +559,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         p.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.no_compile and not args.resume:
+        p.error("--no-compile reports the results of an earlier run: give --resume too")
     if args.write_offered and args.subset != "full":
         p.error("--write-offered needs the full matrix (--subset full): the tables say which configs are clean "
                 "in every case")
@@ -524,14 +568,59 @@ def parse_args(argv=None):
 
 
 def _compact(results):
-    """The committed JSON: one row per (kernel, target, case, config), a config's worst over the layouts."""
-    rows = [dict(kernel=k, target=t, case=c, config=name, ok=v["ok"], fits=v["fits"], stack=v["stack"],
-                 worst_layout=v["worst_layout"], regs=v["regs"], shared=v["shared"], tc=sorted(v["tc"]), layouts=v["n"])
+    """The committed JSON: a row per (kernel, target, case, config), a config's worst over the layouts (its
+    stack bytes those of the first layout where it spills), and per softmax launch config its worst."""
+    columns = ["kernel", "target", "case", "config", "ok", "fits", "stack", "worst_layout", "regs", "shared", "tc",
+               "layouts"]
+    rows = [[k, t, c, name, v["ok"], v["fits"], v["stack"], v["worst_layout"], v["regs"], v["shared"],
+             "/".join(sorted(v["tc"])), v["n"]]
             for (k, t, c), cells in sorted(per_case(results).items()) for name, v in cells.items()]
-    soft = [{k: r.get(k) for k in ("kernel", "target", "precision", "layout", "dropout", "config", "ok", "fits",
-                                    "stack", "regs", "shared", "tc")} for r in results if r["kernel"] in SOFTMAX_KERNELS]
+    soft = {}
+    for r in results:
+        if r["kernel"] in SOFTMAX_KERNELS:
+            cell = soft.setdefault((r["kernel"], r["target"], r["config"]), [0, 0, 0, 0, True])
+            cell[0] += 1
+            cell[4] &= r["ok"]
+            if r["ok"]:
+                cell[1:4] = [max(cell[1], r["regs"]), max(cell[2], r["stack"]), max(cell[3], r["shared"])]
     return dict(triton=triton.__version__, date=datetime.date.today().isoformat(), shared_limit=SHARED_LIMIT,
-                attention=rows, softmax=soft)
+                columns=columns, attention=rows,
+                softmax_columns=["kernel", "target", "config", "compiles", "regs", "stack", "shared", "ok"],
+                softmax=[[k, t, c, *cell] for (k, t, c), cell in sorted(soft.items())])
+
+
+def _compile_logged(cases, jobs, done, progress_path, stop_early=True):
+    """compile_cases, each result appended to the progress file as it comes, the unclean ones printed."""
+    count = [0]
+    with open(progress_path, "a") as log:
+        def progress(r):
+            count[0] += 1
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+            if not clean(r) or count[0] % 50 == 0:
+                state = (r.get("error") or ("over shared memory" if not r["fits"] else f"stack {r['stack']} B")
+                         if not clean(r) else "ok")
+                print(f"  [{count[0]}] {_label(r)}: {state}", flush=True)
+        return compile_cases(cases, jobs, progress, done, stop_early)
+
+
+def _complete_fallbacks(cases, results, jobs, progress_path):
+    """The fallback configs compiled in the layouts their group stopped before, so that a fallback's bytes are
+    its worst over every layout (then maybe another config is the least-spilling: again, until none changes).
+    Returns the results, completed, in the order of `cases`."""
+    completed = set()
+    while True:
+        fallback = offered_tables(results)["fallback"]
+        wanted = {(k, t, case, v["config"]) for k, ts in fallback.items() for t, cs in ts.items()
+                  for case, v in cs.items()} - completed
+        if not wanted:
+            return results
+        rest = [c for c in cases if c["kernel"] in ATTENTION_KERNELS
+                and (c["kernel"], c["target"], case_name(c), c["config"]) in wanted]
+        more = _compile_logged(rest, jobs, results, progress_path, stop_early=False)
+        have = {_key(r): r for r in results + more}
+        results = [have[_key(c)] for c in cases if _key(c) in have]
+        completed |= wanted
 
 
 def main(argv=None):
@@ -551,20 +640,15 @@ def main(argv=None):
     elif progress_path.exists():
         progress_path.unlink()
     print(f"kernels.aot: {len(cases)} compiles ({args.subset}), {args.jobs} processes, Triton {triton.__version__}; "
-          f"{sum(1 for _ in done)} already in {progress_path}", flush=True)
+          f"{len(done)} already in {progress_path}", flush=True)
     t0 = time.perf_counter()
-    with open(progress_path, "a") as log:
-        count = [0]
-
-        def progress(r):
-            count[0] += 1
-            log.write(json.dumps(r) + "\n")
-            log.flush()
-            if not clean(r) or count[0] % 50 == 0:
-                state = (r.get("error") or ("over shared memory" if not r["fits"] else f"stack {r['stack']} B")
-                         if not clean(r) else "ok")
-                print(f"  [{count[0]}] {_label(r)}: {state}", flush=True)
-        results = compile_cases(cases, args.jobs, progress, done)
+    if args.no_compile:
+        have = {_key(r): r for r in done}
+        results = [have[_key(c)] for c in cases if _key(c) in have]
+    else:
+        results = _compile_logged(cases, args.jobs, done, progress_path)
+        if args.subset == "full":
+            results = _complete_fallbacks(cases, results, args.jobs, progress_path)
     seconds = time.perf_counter() - t0
     title = "Ahead-of-time compile report" + (" (CI subset)" if args.subset == "ci" else "")
     # the full matrix says what to offer; a subset is held against the committed tables

@@ -123,10 +123,12 @@ def _draw_seed():
 
 
 def _launch_config(T_K):
-    """(ROWS, BLOCK, num_warps): whole rows of BLOCK >= Tk, ~4096 elements per program."""
+    """(ROWS, BLOCK, num_warps): whole rows of BLOCK >= Tk, ~4096 elements per program. Compiled ahead
+    of time (kernels/aot.py): a row of 8192 spills registers with 16 warps (fp32, mask and dropout, sm_80)
+    and not with 32; one of 16384 spills with either, least with 16 (docs/aot_report.md)."""
     block = triton.next_power_of_2(T_K)
     rows = max(1, min(16, 4096 // block))
-    num_warps = min(16, max(4, rows * block // 512))
+    num_warps = 32 if block == 8192 else min(16, max(4, rows * block // 512))
     return rows, block, num_warps
 
 
