@@ -1,7 +1,7 @@
 """Does pretraining pay downstream, and which objective pays more per FLOP? BERT vs ELECTRA at equal compute.
 
     python experiment.py --data corpus.txt --train train.csv --dev dev.csv          # BERT and ELECTRA, 3 budgets
-    python experiment.py --data corpus/ --train t.csv --dev d.csv --budgets 2e15,1e16 \
+    python experiment.py --data corpus/ --train t.csv --dev d.csv --budgets 3e12,1.2e13 \
         --variant "electra-t1=electra --set temperature=1.0"                        # add a recipe of your own
 
 For every variant (by default `bert` and `electra`: train.py with the family's own recipe) and every
@@ -204,7 +204,7 @@ class Variant:
         if family not in FAMILIES:
             raise UsageError(f"variant {name!r}: unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
         self.name, self.family, self.args = name, family, list(args)
-        self.cost, unknown = _COST_FLAGS.parse_known_args(self.args)
+        self.cost = _COST_FLAGS.parse_known_args(self.args)[0]
 
     @classmethod
     def parse(cls, spec):
@@ -432,6 +432,7 @@ def plot(results, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "no plot: matplotlib is not installed (pip install matplotlib); the table above has the numbers"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -444,10 +445,15 @@ def plot(results, path):
         ax.annotate(f"{b['family']}, no pretraining", (0.01, b["score"]), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(0, 3), fontsize=8, color="gray")
     ax.set_xscale("log")
+    flops = sorted({r["flops"] for r in results["runs"]})
+    if flops[-1] < 3 * flops[0]:               # one budget (or close ones): a tick at each, no crowded minor labels
+        ax.set_xticks(flops, [f"{f:.2g}" for f in flops])
+        ax.set_xlim(flops[0] / 1.5, flops[-1] * 1.5)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("pretraining FLOPs (bench.flops_per_token)")
     ax.set_ylabel(f"dev score ({Path(results['dev']).name})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
