@@ -21,7 +21,7 @@ The paper also masks n-grams of up to 3 tokens for MLM; data.py masks single tok
 
 Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a published
 checkpoint directory and `save_pretrained` writes one that `transformers` loads with the same
-outputs (modeling.py does the reading and writing). This file depends only on torch, `kernels`
+outputs (modeling.py does the reading and writing). This file depends only on torch, `bert_kernels`
 and modeling.py.
 
 Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import Layout, cross_entropy, self_attention
+from bert_kernels import Layout, cross_entropy, self_attention
 from modeling import ACT2FN, CRAMMED, Config, Family, PreTrainedModel, classification_loss, make_norm
 
 
@@ -114,7 +114,7 @@ class Output(NamedTuple):
 
 # Copied from bert._mlm_loss
 def _mlm_loss(logits, labels, metrics):
-    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). kernels.cross_entropy is
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
     F.cross_entropy with one (N, V) buffer instead of three."""
     loss = cross_entropy(logits, labels)
     metrics["mlm_loss"] = loss.detach()

@@ -27,7 +27,7 @@ jobs share, `--threads 1 --clock cpu` times the CPU work of each step instead of
 
 What each side does, as a user would run it:
   ours  the model file's pretraining class; the MLM head projects only the masked positions to the
-        vocabulary; attention through `kernels` (Triton on a GPU, SDPA otherwise: kernels.BACKEND)
+        vocabulary; attention through `bert_kernels` (Triton on a GPU, SDPA otherwise: bert_kernels.BACKEND)
   HF    transformers' class with its default SDPA attention and its standard MLM head: the full
         vocabulary projection at EVERY position, cross-entropy with ignore_index = -100
 
@@ -472,7 +472,7 @@ def main(argv=None):
                           loss=(r["loss"][0], r["loss"][-1]))
     ratio = statistics.median(h / o for o, h in zip(res["ours"]["ms"], res["HF"]["ms"]))
 
-    import kernels
+    import bert_kernels
     import transformers
     dev_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     hf_what = HF_CLASSES[args.model, objective]
@@ -483,7 +483,7 @@ def main(argv=None):
           f"{'; torch.compile' if args.compile else ''}; {args.steps} steps per side after {args.warmup} "
           f"warm-up, interleaved{'; clock: CPU time of the process' if args.clock == 'cpu' else ''}")
     print(f"  ours: {args.model}.py {type(ours).__name__}, sparse MLM head (vocabulary projection at the masked "
-          f"positions only), attention: kernels backend {kernels.BACKEND!r}")
+          f"positions only), attention: kernels backend {bert_kernels.BACKEND!r}")
     print(f"  HF:   transformers {hf_what}, attn_implementation='sdpa', dense MLM head (every position)")
     print(f"  step: forward{f' (autocast {precision})' if precision != 'fp32' else ''}, backward, clip to 1.0, "
           f"AdamW, zero_grad; same initial weights, same batches")

@@ -15,7 +15,7 @@ The architecture, top to bottom:
 Parameter names are those of Hugging Face `transformers`, so `from_pretrained` reads a
 published checkpoint directory and `save_pretrained` writes one that `transformers` loads
 with the same outputs; both come from modeling.py, which holds what the four families share
-(configs, checkpoints, the family contract). This file depends only on torch, `kernels` and
+(configs, checkpoints, the family contract). This file depends only on torch, `bert_kernels` and
 modeling.py.
 
 Padding and packing. `BertModel.forward(input_ids, attention_mask=None, token_type_ids=None,
@@ -30,7 +30,7 @@ position_ids=None, document_ids=None)`:
                   to the tokens of its own run of equal ids in its row (and never to padding), and
                   its position id restarts at 0 with each document (unless position_ids is given),
                   so each document gets the outputs it would get alone. E.g. [[0, 0, 0, 1, 1, 2]].
-kernels.Layout decides the layout once per forward (kernels/layout.py) and kernels.self_attention
+bert_kernels.Layout decides the layout once per forward (bert_kernels/layout.py) and bert_kernels.self_attention
 takes q, k, v in either, so a layer has one code path. Under torch.compile the padded layout runs.
 
 Options from the efficient-BERT literature (config fields, all off in the published presets, which
@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import Layout, cross_entropy, self_attention
+from bert_kernels import Layout, cross_entropy, self_attention
 from modeling import ACT2FN, CRAMMED, Config, Family, PreTrainedModel, classification_loss, make_norm
 
 
@@ -114,7 +114,7 @@ class Output(NamedTuple):
 
 
 def _mlm_loss(logits, labels, metrics):
-    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). kernels.cross_entropy is
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
     F.cross_entropy with one (N, V) buffer instead of three."""
     loss = cross_entropy(logits, labels)
     metrics["mlm_loss"] = loss.detach()

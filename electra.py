@@ -28,7 +28,7 @@ Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining 
 ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs; modeling.py
 reads and writes them. A run directory holds the discriminator at its root, the generator in
 generator/. In the paper's order: the config, the encoder, the replaced-token detection (`Electra`,
-its losses, the sampling), the Hugging Face classes. Depends only on torch, `kernels`, modeling.py.
+its losses, the sampling), the Hugging Face classes. Depends only on torch, `bert_kernels`, modeling.py.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import Layout, cross_entropy, self_attention
+from bert_kernels import Layout, cross_entropy, self_attention
 from modeling import ACT2FN, CRAMMED, Config, Family, PreTrainedModel, classification_loss, make_norm
 
 
@@ -378,7 +378,7 @@ def gumbel_sample(logits, generator=None, temperature=1.0):
 
 # Copied from bert._mlm_loss
 def _mlm_loss(logits, labels, metrics):
-    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). kernels.cross_entropy is
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
     F.cross_entropy with one (N, V) buffer instead of three."""
     loss = cross_entropy(logits, labels)
     metrics["mlm_loss"] = loss.detach()

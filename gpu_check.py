@@ -41,7 +41,7 @@ BUDGET_S = 480
 PY = sys.executable
 
 # the tests part: these files, these tests (-k: a module's name is one of its tests' keywords); the shards
-# autotune over the first offered config only (KERNELS_MAX_CONFIGS=1: a compile per kernel and case, not six)
+# autotune over the first offered config only (BERT_KERNELS_MAX_CONFIGS=1: a compile per kernel and case, not six)
 TEST_FILES = ["tests/test_kernels.py", "tests/test_unpad.py"]
 TEST_K = ("(test_kernels and ((matches_reference and (none or random) and (fp16 or bf16)) or all_padding or dropout "
           "or long_sequence or non_contiguous or expanded or scale_and or direct_call or tiny_bert)) "
@@ -77,7 +77,7 @@ def gpu_parts(out, shards=None):
                 "sms=p.multi_processor_count, torch=torch.__version__, cuda=torch.version.cuda, "
                 "triton=triton.__version__, transformers=transformers.__version__)))")
     test_jobs = [(f"tests shard {i + 1} of {shards}", _pytest(*TEST_FILES, "-v", "-k", TEST_K, "-p", "gpu_check"),
-                  {"GPU_CHECK_SHARD": f"{i}/{shards}", "KERNELS_MAX_CONFIGS": "1"}) for i in range(shards)]
+                  {"GPU_CHECK_SHARD": f"{i}/{shards}", "BERT_KERNELS_MAX_CONFIGS": "1"}) for i in range(shards)]
     warm = [("warm-up bench_kernels", _pytest("tests/bench_kernels.py", "-q", "-k", "attention and bf16 and triton",
                                               "--benchmark-disable"), {})]
     warm += [(f"warm-up {name}", _bench_py(out / f"warmup_{name}.json",

@@ -449,7 +449,7 @@ def main(argv=None):
 
     tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * world
     say(f"{args.model} {args.preset} ({n_params / 1e6:.1f}M parameters), objective {objective}, "
-        f"{device} {args.precision}, kernels {__import__('kernels').BACKEND}"
+        f"{device} {args.precision}, kernels {__import__('bert_kernels').BACKEND}"
         + (f", {threads} thread{'s' * (threads > 1)} ({why})" if device.type == "cpu" else "")
         + (f", {world} processes (DDP)" if world > 1 else "") + "\n"
         f"data: {len(files)} file(s), {train_corpus.n_docs} train / {val_corpus.n_docs} held-out documents, "

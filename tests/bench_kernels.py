@@ -1,4 +1,4 @@
-"""Benchmarks for kernels/attention.py and kernels/softmax.py (pytest-benchmark, CUDA only).
+"""Benchmarks for bert_kernels/attention.py and bert_kernels/softmax.py (pytest-benchmark, CUDA only).
 
     pytest tests/bench_kernels.py --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,max
 
@@ -6,19 +6,19 @@ Skipped without CUDA, and in the normal test run (pytest.ini passes --benchmark-
 
 Attention providers, per group "attention {fwd|fwd+bwd} T={T} {dtype}", BERT-base heads (H = 12,
 D = 64), B*T = 16384 tokens, ~30% of the keys padding (right padding, random lengths):
-  triton       kernels.attention(impl="triton"): the flash kernel of this repo, with the mask
+  triton       bert_kernels.attention(impl="triton"): the flash kernel of this repo, with the mask
   triton_nomask  the same kernel without a mask (it attends to the padding too): beside sdpa_nomask
   sdpa_mask    F.scaled_dot_product_attention with the (B, 1, 1, T) bool mask: same semantics,
                PyTorch routes it to the memory-efficient kernel
   sdpa_nomask  SDPA without a mask: the flash backend, a speed ceiling with other semantics
                (it attends to the padding too)
-  eager        kernels.reference.attention: materializes the fp32 (B, H, T, T) scores
+  eager        bert_kernels.reference.attention: materializes the fp32 (B, H, T, T) scores
 extra_info: TFLOP/s counted over the full T x T (forward 4*B*H*T^2*D; the backward counts 2.5x
 the forward, the FlashAttention convention, so fwd+bwd is 3.5x) and peak_mem_MiB, the peak memory
 allocated during one call above what was allocated before it.
 
 Masked softmax, group "masked_softmax T=512 {dtype}": GB/s = (bytes of the scores read + bytes of
-the probabilities written) / time, kernels.masked_softmax(impl="triton") against
+the probabilities written) / time, bert_kernels.masked_softmax(impl="triton") against
 torch.softmax(scores.float().masked_fill(~mask, -inf) * scale) as eager PyTorch writes it.
 """
 import math
@@ -27,8 +27,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import reference
+import bert_kernels
+from bert_kernels import reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA GPU")
 
@@ -55,8 +55,8 @@ def sdpa_nomask(q, k, v, mask):
 
 
 ATTENTION_PROVIDERS = {
-    "triton": lambda q, k, v, mask: kernels.attention(q, k, v, mask, impl="triton"),
-    "triton_nomask": lambda q, k, v, mask: kernels.attention(q, k, v, None, impl="triton"),
+    "triton": lambda q, k, v, mask: bert_kernels.attention(q, k, v, mask, impl="triton"),
+    "triton_nomask": lambda q, k, v, mask: bert_kernels.attention(q, k, v, None, impl="triton"),
     "sdpa_mask": sdpa_mask,
     "sdpa_nomask": sdpa_nomask,
     "eager": reference.attention,
@@ -122,7 +122,7 @@ def test_bench_masked_softmax(benchmark, provider, dtype_name):
     scores = q @ k.transpose(-2, -1)                                          # (B, H, T, T)
     scale = 1 / math.sqrt(D)
     if provider == "triton":
-        fn = lambda: kernels.masked_softmax(scores, mask, scale, impl="triton")
+        fn = lambda: bert_kernels.masked_softmax(scores, mask, scale, impl="triton")
     else:
         fn = lambda: eager_masked_softmax(scores, mask, scale)
 

@@ -1,7 +1,7 @@
 """Test setup shared by every test file.
 
-Triton reads TRITON_INTERPRET when `@triton.jit` decorates a kernel, i.e. when `kernels` is
-first imported, so it is set here, before any test module imports `kernels`, and only when
+Triton reads TRITON_INTERPRET when `@triton.jit` decorates a kernel, i.e. when `bert_kernels` is
+first imported, so it is set here, before any test module imports `bert_kernels`, and only when
 there is no GPU: on a GPU the kernels run compiled.
 """
 import os

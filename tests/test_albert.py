@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import albert
-import kernels
+import bert_kernels
 from helpers import assert_sparse_head_matches_dense, max_diff, overfit, padded_batch, perturb
 from albert import (AlbertConfig, AlbertForMaskedLM, AlbertForPreTraining, AlbertForSequenceClassification,
                     AlbertModel)
@@ -107,7 +107,7 @@ def test_layers_share_weights():
         x = model.encoder.embedding_hidden_mapping_in(
             model.embeddings(ids, b["token_type_ids"], model.embeddings.make_position_ids(ids)))
         layer = model.encoder.albert_layer_groups[0].albert_layers[0]
-        layout = kernels.Layout(tuple(ids.shape), b["attention_mask"], None, None)   # padded, with its mask
+        layout = bert_kernels.Layout(tuple(ids.shape), b["attention_mask"], None, None)   # padded, with its mask
         for _ in range(3):
             x = layer(x, layout)
         m = b["attention_mask"]                    # real positions: the unpadded path leaves zeros at padding

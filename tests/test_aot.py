@@ -1,4 +1,4 @@
-"""kernels/aot.py: the kernels compiled ahead of time for sm_80 / sm_90 on this CPU, and the configs offered.
+"""bert_kernels/aot.py: the kernels compiled ahead of time for sm_80 / sm_90 on this CPU, and the configs offered.
 
 The CI subset (test_ci_subset_compiles_fits_and_does_not_spill) compiles every kernel, every candidate config,
 every precision, head dim, layout and dropout value at least once for both targets, in a fresh process
@@ -18,11 +18,11 @@ import pytest
 import torch
 import triton
 
-from kernels import aot
+from bert_kernels import aot
 
 ROOT = Path(__file__).resolve().parents[1]
-attention = importlib.import_module("kernels.attention")
-softmax = importlib.import_module("kernels.softmax")
+attention = importlib.import_module("bert_kernels.attention")
+softmax = importlib.import_module("bert_kernels.softmax")
 OFFERED = json.loads(aot.OFFERED_PATH.read_text())
 TOOLS = Path(aot._cuobjdump()).exists() and (Path(aot._cuobjdump()).parent / "ptxas").exists()
 
@@ -222,7 +222,7 @@ def test_the_bert_cases_have_clean_configs_on_both_targets():
 def test_ci_subset_compiles_fits_and_does_not_spill(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")                  # compile from nothing, as CI does
-    proc = subprocess.run([sys.executable, "-m", "kernels.aot", "--subset", "ci", "--check", "--out",
+    proc = subprocess.run([sys.executable, "-m", "bert_kernels.aot", "--subset", "ci", "--check", "--out",
                            str(tmp_path), "--jobs", str(os.cpu_count() or 1)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -7,7 +7,7 @@
   * each family compiles with fullgraph=True (no break at all) once boolean-mask indexing may
     produce a data-dependent size (capture_dynamic_output_shape_ops, as train.py --compile sets);
   * the Triton attention (dense with a key-padding mask, and variable length) is registered with
-    torch.library.custom_op (kernels/attention.py): compiled with fullgraph=True it is ONE node
+    torch.library.custom_op (bert_kernels/attention.py): compiled with fullgraph=True it is ONE node
     with no graph break, and gives eager's output and gradients, dropout included (the seed is an
     input of the op). torch.library.opcheck checks the four operators' fake implementations,
     schemas and autograd registration.
@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch._dynamo
 
-import kernels
+import bert_kernels
 from helpers import padded_batch
 
 V, T = 99, 16
@@ -120,8 +120,8 @@ def test_fullgraph_without_padding(family):
 # -------------------------------------------------------------------------------------------------
 # The Triton attention as a custom op (under the interpreter on a CPU)
 # -------------------------------------------------------------------------------------------------
-needs_triton = pytest.mark.skipif(kernels._triton_unavailable() is not None,
-                                  reason=f"Triton backend unavailable: {kernels._triton_unavailable()}")
+needs_triton = pytest.mark.skipif(bert_kernels._triton_unavailable() is not None,
+                                  reason=f"Triton backend unavailable: {bert_kernels._triton_unavailable()}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 B, H, TQ, D = 1, 2, 32, 16
 
@@ -134,14 +134,14 @@ def qkv(shape, seed=0):
 def dense_case():
     q, k, v = qkv((B, H, TQ, D))
     mask = (torch.arange(TQ) < 21)[None].to(DEVICE)                           # (1, T): 11 padded keys
-    return (lambda q, k, v, p: kernels.attention(q, k, v, key_padding_mask=mask, dropout_p=p, impl="triton"),
+    return (lambda q, k, v, p: bert_kernels.attention(q, k, v, key_padding_mask=mask, dropout_p=p, impl="triton"),
             (q, k, v), "flash_attention_fwd")
 
 
 def varlen_case():
     q, k, v = qkv((29, H, D))                                                 # sequences of 20 and 9
     cu_seqlens = torch.tensor([0, 20, 29], dtype=torch.int32, device=DEVICE)
-    return (lambda q, k, v, p: kernels.attention_varlen(q, k, v, cu_seqlens, 20, dropout_p=p, impl="triton"),
+    return (lambda q, k, v, p: bert_kernels.attention_varlen(q, k, v, cu_seqlens, 20, dropout_p=p, impl="triton"),
             (q, k, v), "flash_attention_varlen_fwd")
 
 
@@ -191,7 +191,7 @@ def test_triton_attention_under_inductor():
 @needs_triton
 def test_opcheck_custom_ops():
     """Schema, fake (meta) implementation vs the real one, autograd registration, AOT dispatch."""
-    ka = kernels._triton_attention                      # the module (kernels.attention is the function)
+    ka = bert_kernels._triton_attention                      # the module (bert_kernels.attention is the function)
     q, k, v = (x.detach().requires_grad_() for x in qkv((B, H, TQ, D)))
     mask = (torch.arange(TQ) < 21)[None].to(DEVICE)
     keep, key_end = ka._mask_args(mask, B, TQ, q.device)

@@ -1,4 +1,4 @@
-"""Tests for kernels/attention.py and kernels/softmax.py against kernels/reference.py.
+"""Tests for bert_kernels/attention.py and bert_kernels/softmax.py against bert_kernels/reference.py.
 
 On a machine without CUDA the Triton kernels run under the interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1), which costs ~10 ms per (program x block step): shapes stay small here and
@@ -11,15 +11,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import kernels
-from kernels import reference
+import bert_kernels
+from bert_kernels import reference
 
-pytestmark = pytest.mark.skipif(kernels._triton_unavailable() is not None,
-                                reason=f"Triton backend unavailable: {kernels._triton_unavailable()}")
+pytestmark = pytest.mark.skipif(bert_kernels._triton_unavailable() is not None,
+                                reason=f"Triton backend unavailable: {bert_kernels._triton_unavailable()}")
 
-if kernels._TRITON_IMPORT_ERROR is None:
-    from kernels.attention import flash_attention
-    from kernels.softmax import masked_softmax
+if bert_kernels._TRITON_IMPORT_ERROR is None:
+    from bert_kernels.attention import flash_attention
+    from bert_kernels.softmax import masked_softmax
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -115,7 +115,7 @@ def assert_matches_reference(out, q, k, v, mask, atol, rtol, **reference_kw):
 def test_attention_matches_reference(B, H, Tq, Tk, D, mask_kind, dtype, atol, rtol):
     q, k, v = make_qkv(B, H, Tq, Tk, D, dtype)
     mask = make_mask(B, Tk, mask_kind)
-    out = kernels.attention(q, k, v, key_padding_mask=mask, impl="triton")
+    out = bert_kernels.attention(q, k, v, key_padding_mask=mask, impl="triton")
     assert out.shape == (B, H, Tq, D) and out.dtype == dtype
     assert_matches_reference(out, q, k, v, mask, atol, rtol)
 
@@ -166,7 +166,7 @@ def test_attention_scale_and_01_mask():
 def test_direct_call_equals_dispatch():
     q, k, v = make_qkv(2, 2, 17, 17, 32, torch.float32)
     mask = make_mask(2, 17, "random")
-    a = kernels.attention(q, k, v, mask, impl="triton")
+    a = bert_kernels.attention(q, k, v, mask, impl="triton")
     b = flash_attention(q, k, v, mask, 0.0, 1 / math.sqrt(32))
     assert torch.equal(a, b)
 
@@ -306,7 +306,7 @@ def test_masked_softmax_matches_reference(B, H, Tq, Tk, mask_kind, dtype, atol, 
     g = torch.Generator().manual_seed(0)
     scores = (3 * torch.randn(B, H, Tq, Tk, generator=g)).to(DEVICE, dtype).requires_grad_()
     mask = make_mask(B, Tk, mask_kind)
-    y = kernels.masked_softmax(scores, mask, scale=0.7, impl="triton")
+    y = bert_kernels.masked_softmax(scores, mask, scale=0.7, impl="triton")
     assert y.shape == scores.shape and y.dtype == dtype
     grad_out = torch.randn_like(y)
     (dx,) = grads_of(y, (scores,), grad_out)
@@ -356,48 +356,48 @@ def test_masked_softmax_dropout(dtype, atol, rtol):
 
 
 # -------------------------------------------------------------------------------------------------
-# Dispatch (kernels/__init__.py) and the launchers' checks
+# Dispatch (bert_kernels/__init__.py) and the launchers' checks
 # -------------------------------------------------------------------------------------------------
 def test_torch_and_triton_backends_agree():
     q, k, v = make_qkv(2, 2, 40, 40, 32, torch.float32)
     mask = make_mask(2, 40, "random")
-    a = kernels.attention(q, k, v, mask, impl="torch")
-    b = kernels.attention(q, k, v, mask, impl="triton")
+    a = bert_kernels.attention(q, k, v, mask, impl="torch")
+    b = bert_kernels.attention(q, k, v, mask, impl="triton")
     assert_close(a, b, 2e-5, 1e-5, "attention")
     scores = torch.randn(2, 2, 7, 40, device=DEVICE)
-    a = kernels.masked_softmax(scores, mask, 0.5, impl="torch")
-    b = kernels.masked_softmax(scores, mask, 0.5, impl="triton")
+    a = bert_kernels.masked_softmax(scores, mask, 0.5, impl="torch")
+    b = bert_kernels.masked_softmax(scores, mask, 0.5, impl="triton")
     assert_close(a, b, 2e-6, 1e-5, "masked_softmax")
 
 
 def test_forced_triton_that_cannot_run_raises(monkeypatch):
     """CPU tensors without the interpreter: forcing Triton is an error, never a silent fallback."""
-    monkeypatch.setattr(kernels, "_interpreting", lambda: False)
+    monkeypatch.setattr(bert_kernels, "_interpreting", lambda: False)
     if CUDA:   # the CUDA check passes; the kernels' own check refuses CPU tensors
-        monkeypatch.setattr(kernels._triton_attention, "_INTERPRET", False)
-        monkeypatch.setattr(kernels._triton_softmax, "_INTERPRET", False)
+        monkeypatch.setattr(bert_kernels._triton_attention, "_INTERPRET", False)
+        monkeypatch.setattr(bert_kernels._triton_softmax, "_INTERPRET", False)
     q = torch.randn(1, 1, 4, 16)
     with pytest.raises(RuntimeError, match="forced"):
-        kernels.attention(q, q, q, impl="triton")
+        bert_kernels.attention(q, q, q, impl="triton")
     with pytest.raises(RuntimeError, match="forced"):
-        kernels.masked_softmax(q, impl="triton")
-    monkeypatch.setattr(kernels, "BACKEND", "triton")
-    monkeypatch.setattr(kernels, "_FORCED", True)                          # as KERNELS_IMPL=triton does
+        bert_kernels.masked_softmax(q, impl="triton")
+    monkeypatch.setattr(bert_kernels, "BACKEND", "triton")
+    monkeypatch.setattr(bert_kernels, "_FORCED", True)                          # as BERT_KERNELS_IMPL=triton does
     with pytest.raises(RuntimeError, match="forced"):
-        kernels.attention(q, q, q)
+        bert_kernels.attention(q, q, q)
 
 
 def test_unsupported_head_dim_falls_back_on_auto_and_raises_when_forced(monkeypatch):
-    monkeypatch.setattr(kernels, "BACKEND", "triton")
-    monkeypatch.setattr(kernels, "_FORCED", False)
-    monkeypatch.setattr(kernels, "_warned", set())
+    monkeypatch.setattr(bert_kernels, "BACKEND", "triton")
+    monkeypatch.setattr(bert_kernels, "_FORCED", False)
+    monkeypatch.setattr(bert_kernels, "_warned", set())
     q, k, v = make_qkv(2, 2, 9, 9, 24, torch.float32)
     mask = make_mask(2, 9, "random")
     with pytest.warns(UserWarning, match="head dim 24"):
-        out = kernels.attention(q, k, v, mask)
+        out = bert_kernels.attention(q, k, v, mask)
     assert_close(out, reference.attention(q, k, v, mask), 2e-5, 1e-5, "fallback")
     with pytest.raises(RuntimeError, match="head dim 24"):
-        kernels.attention(q, k, v, mask, impl="triton")
+        bert_kernels.attention(q, k, v, mask, impl="triton")
 
 
 def test_launchers_name_the_limit():
@@ -436,8 +436,8 @@ def test_tiny_bert_trains_identically_through_both_backends(monkeypatch, unpad):
     batch = {name: x.to(DEVICE) for name, x in batch.items()}                   # on a GPU the kernels run compiled
 
     def step(backend):
-        monkeypatch.setattr(kernels, "BACKEND", backend)
-        monkeypatch.setattr(kernels, "_FORCED", True)           # a failure to run Triton must not fall back
+        monkeypatch.setattr(bert_kernels, "BACKEND", backend)
+        monkeypatch.setattr(bert_kernels, "_FORCED", True)           # a failure to run Triton must not fall back
         model.zero_grad()
         out = model(**batch)
         out.loss.backward()
@@ -445,8 +445,8 @@ def test_tiny_bert_trains_identically_through_both_backends(monkeypatch, unpad):
 
     calls = []
     name = "flash_attention_varlen" if unpad else "flash_attention"
-    real = getattr(kernels._triton_attention, name)
-    monkeypatch.setattr(kernels._triton_attention, name, lambda *a: calls.append(1) or real(*a))
+    real = getattr(bert_kernels._triton_attention, name)
+    monkeypatch.setattr(bert_kernels._triton_attention, name, lambda *a: calls.append(1) or real(*a))
     loss_torch, grads_torch = step("torch")
     assert not calls
     loss_triton, grads_triton = step("triton")

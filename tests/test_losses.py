@@ -1,4 +1,4 @@
-"""kernels.cross_entropy against torch.nn.functional.cross_entropy: loss and gradient, every case the
+"""bert_kernels.cross_entropy against torch.nn.functional.cross_entropy: loss and gradient, every case the
 MLM heads meet (and some they do not), plus the metric and the sampling that read the same logits."""
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import bert
 import electra
-from kernels import cross_entropy
+from bert_kernels import cross_entropy
 
 
 def logits_and_labels(N=37, V=501, dtype=torch.float32, ignored=(), seed=0, spread=4.0):

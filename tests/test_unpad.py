@@ -1,4 +1,4 @@
-"""Unpadding and packing: the (total, H) layout with cu_seqlens, and kernels.attention_varlen.
+"""Unpadding and packing: the (total, H) layout with cu_seqlens, and bert_kernels.attention_varlen.
 
   * every family: a padded batch run on its real tokens only (config.unpad, the default) gives
     the same outputs at the real positions and the same gradients for every parameter as the
@@ -7,7 +7,7 @@
     document gets alone;
   * the last layer's feed-forward on the positions the heads read only (`keep`): every pretraining
     model's loss and gradients equal those of the same model computing every position;
-  * kernels.Layout and kernels.self_attention: the layout decided once per batch, gathered into and
+  * bert_kernels.Layout and bert_kernels.self_attention: the layout decided once per batch, gathered into and
     padded back, one attention call for both layouts;
   * attention_varlen: the PyTorch fallback, the reference twin (a loop over the sequences) and,
     where the Triton backend can run (under the interpreter on a CPU), the Triton kernel agree,
@@ -19,8 +19,8 @@ import importlib
 import pytest
 import torch
 
-import kernels
-from kernels import reference
+import bert_kernels
+from bert_kernels import reference
 
 V, T = 99, 40
 SIZES = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -63,16 +63,16 @@ def varied_batch(lengths, pad_id, T=T, seed=0):
 
 
 class CountVarlen:
-    """Counts the calls of kernels.attention_varlen (to know which path a model ran)."""
+    """Counts the calls of bert_kernels.attention_varlen (to know which path a model ran)."""
 
     def __init__(self, monkeypatch, mod=None):
         self.calls = 0
-        original = kernels.attention_varlen
+        original = bert_kernels.attention_varlen
 
         def counted(*args, **kwargs):
             self.calls += 1
             return original(*args, **kwargs)
-        monkeypatch.setattr(kernels, "attention_varlen", counted)
+        monkeypatch.setattr(bert_kernels, "attention_varlen", counted)
 
 
 def grads(model):
@@ -153,7 +153,7 @@ def test_unpad_stays_out_of_config_json(tmp_path):
 
 
 def test_unpad_helper_layout():
-    from kernels import unpad
+    from bert_kernels import unpad
     mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]]).bool()
     docs = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0], [0, 7, 7, 8]])
     layout = unpad(mask)
@@ -168,25 +168,25 @@ def test_unpad_helper_layout():
 # ----------------------------------------------------------------------------- packing
 
 def test_layout_is_decided_once_from_the_batch():
-    """kernels.Layout.of: padded when there is no padding (and no mask then), or when unpadding is off;
+    """bert_kernels.Layout.of: padded when there is no padding (and no mask then), or when unpadding is off;
     unpadded for a padded batch or for packed documents, with the document starts for the positions."""
     ids = torch.zeros(2, 5, dtype=torch.long)
     full, padded = torch.ones(2, 5, dtype=torch.bool), torch.arange(5)[None] < torch.tensor([[5], [2]])
-    assert kernels.Layout.of(ids) == ((2, 5), None, None, None)
-    assert kernels.Layout.of(ids, full.int()).mask is None                             # no padding: no mask
-    layout = kernels.Layout.of(ids, padded, unpad_padding=False)
+    assert bert_kernels.Layout.of(ids) == ((2, 5), None, None, None)
+    assert bert_kernels.Layout.of(ids, full.int()).mask is None                             # no padding: no mask
+    layout = bert_kernels.Layout.of(ids, padded, unpad_padding=False)
     assert layout.unpadded is None and torch.equal(layout.mask, padded)
-    layout = kernels.Layout.of(ids, padded)
+    layout = bert_kernels.Layout.of(ids, padded)
     assert layout.mask is None and layout.unpadded.cu_seqlens.tolist() == [0, 5, 7] and layout.starts is None
     docs = torch.tensor([[0, 0, 1, 1, 1], [3, 4, 4, 4, 4]])
-    layout = kernels.Layout.of(ids, None, docs, unpad_padding=False)                   # packing always unpads
+    layout = bert_kernels.Layout.of(ids, None, docs, unpad_padding=False)                   # packing always unpads
     assert layout.unpadded.cu_seqlens.tolist() == [0, 2, 5, 6, 10]
     assert layout.starts.tolist() == [[True, False, True, False, False], [True, True, False, False, False]]
 
 
 def test_layout_gather_then_pad_puts_every_real_token_back():
     mask = torch.arange(6)[None] < torch.tensor([[6], [3], [0]])                       # (3, 6), an empty row
-    layout = kernels.Layout.of(torch.zeros(3, 6, dtype=torch.long), mask)
+    layout = bert_kernels.Layout.of(torch.zeros(3, 6, dtype=torch.long), mask)
     ids = torch.arange(18).view(3, 6)
     assert layout.gather(ids).tolist() == ids[mask].tolist() and layout.gather(None) is None
     assert layout.gather(torch.arange(6)[None]).tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2]     # (1, T) broadcast
@@ -197,20 +197,20 @@ def test_layout_gather_then_pad_puts_every_real_token_back():
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_self_attention_takes_both_layouts(impl):
-    """kernels.self_attention on (B, T, H, D) with a padded layout and on (total, H, D) with an unpadded one:
-    both give kernels.reference.attention's numbers at the real positions."""
-    if impl == "triton" and kernels._triton_unavailable():
-        pytest.skip(kernels._triton_unavailable())
+    """bert_kernels.self_attention on (B, T, H, D) with a padded layout and on (total, H, D) with an unpadded one:
+    both give bert_kernels.reference.attention's numbers at the real positions."""
+    if impl == "triton" and bert_kernels._triton_unavailable():
+        pytest.skip(bert_kernels._triton_unavailable())
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 3, 9, 2, 16
     q, k, v = (torch.randn(B, T, H, D, generator=g) for _ in range(3))
     mask = torch.arange(T)[None] < torch.tensor([[9], [4], [1]])
     want = reference.attention(*(x.transpose(1, 2) for x in (q, k, v)), key_padding_mask=mask).transpose(1, 2)
     ids = torch.zeros(B, T, dtype=torch.long)
-    padded = kernels.self_attention(q, k, v, kernels.Layout.of(ids, mask, unpad_padding=False), impl=impl)
+    padded = bert_kernels.self_attention(q, k, v, bert_kernels.Layout.of(ids, mask, unpad_padding=False), impl=impl)
     torch.testing.assert_close(padded[mask], want[mask], atol=1e-5, rtol=1e-5)
-    layout = kernels.Layout.of(ids, mask)
-    unpadded = kernels.self_attention(q[mask], k[mask], v[mask], layout, impl=impl)   # (total, H, D)
+    layout = bert_kernels.Layout.of(ids, mask)
+    unpadded = bert_kernels.self_attention(q[mask], k[mask], v[mask], layout, impl=impl)   # (total, H, D)
     torch.testing.assert_close(unpadded, want[mask], atol=1e-5, rtol=1e-5)
 
 
@@ -338,7 +338,7 @@ def test_varlen_torch_fallback_matches_reference(lengths):
     q, k, v, cu, tmax = make_varlen(lengths, 2, 16, torch.float32)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
     want = run(lambda *x: reference.attention_varlen(*x, cu, tmax), q, k, v, grad_out)
-    got = run(lambda *x: kernels.attention_varlen(*x, cu, tmax, impl="torch"), q, k, v, grad_out)
+    got = run(lambda *x: bert_kernels.attention_varlen(*x, cu, tmax, impl="torch"), q, k, v, grad_out)
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
@@ -357,25 +357,25 @@ def test_varlen_reference_equals_padded_attention():
 def test_varlen_checks_its_arguments():
     q, k, v, cu, tmax = make_varlen([3, 4], 2, 16, torch.float32)
     with pytest.raises(ValueError, match="total, H, D"):
-        kernels.attention_varlen(q[None], k, v, cu, tmax)
+        bert_kernels.attention_varlen(q[None], k, v, cu, tmax)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        kernels.attention_varlen(q, k, v, cu.float(), tmax)
+        bert_kernels.attention_varlen(q, k, v, cu.float(), tmax)
     with pytest.raises(ValueError, match="max_seqlen"):
-        kernels.attention_varlen(q, k, v, cu, torch.tensor(4))
+        bert_kernels.attention_varlen(q, k, v, cu, torch.tensor(4))
 
 
 def test_varlen_dropout_keeps_expectation():
     """With dropout, E[out] is the output without it (each probability scaled by 1 / (1 - p))."""
     q, k, v, cu, tmax = make_varlen([9, 4], 1, 16, torch.float32)
     torch.manual_seed(0)
-    mean = torch.stack([kernels.attention_varlen(q, k, v, cu, tmax, dropout_p=0.3, impl="torch")
+    mean = torch.stack([bert_kernels.attention_varlen(q, k, v, cu, tmax, dropout_p=0.3, impl="torch")
                         for _ in range(400)]).mean(0)
     exact = reference.attention_varlen(q, k, v, cu, tmax)
     assert (mean - exact).abs().max() < 0.15 and not torch.equal(mean, exact)
 
 
-TRITON = kernels._triton_unavailable() is None
-needs_triton = pytest.mark.skipif(not TRITON, reason=f"Triton backend unavailable: {kernels._triton_unavailable()}")
+TRITON = bert_kernels._triton_unavailable() is None
+needs_triton = pytest.mark.skipif(not TRITON, reason=f"Triton backend unavailable: {bert_kernels._triton_unavailable()}")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -388,11 +388,11 @@ def test_varlen_triton_matches_reference_and_fallback(lengths, D, dtype, atol, r
     q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
     cu = cu.to(DEVICE)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
-    got = run(lambda *x: kernels.attention_varlen(*x, cu, tmax, impl="triton"), q, k, v, grad_out)
+    got = run(lambda *x: bert_kernels.attention_varlen(*x, cu, tmax, impl="triton"), q, k, v, grad_out)
     # the reference in float64 from the same (rounded) inputs
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     want = run(lambda *x: reference.attention_varlen(*x, cu, tmax), q64, k64, v64, grad_out.double())
-    fallback = run(lambda *x: kernels.attention_varlen(*x, cu, tmax, impl="torch"),
+    fallback = run(lambda *x: bert_kernels.attention_varlen(*x, cu, tmax, impl="torch"),
                    *(x.detach().float().requires_grad_() for x in (q, k, v)), grad_out.float())
     for name, a, b, c in zip(("out", "dq", "dk", "dv"), got, want, fallback):
         assert a.dtype == dtype
@@ -406,7 +406,7 @@ def test_varlen_triton_dropout_same_seed_same_result():
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
-        outs.append(kernels.attention_varlen(q, k, v, cu, tmax, dropout_p=0.5, impl="triton"))
+        outs.append(bert_kernels.attention_varlen(q, k, v, cu, tmax, dropout_p=0.5, impl="triton"))
     assert torch.equal(outs[0], outs[1])
     assert not torch.allclose(outs[0], reference.attention_varlen(q, k, v, cu, tmax))
 
@@ -421,9 +421,9 @@ def test_tiny_bert_unpadded_through_triton_equals_torch(monkeypatch):
     model = bert.BertModel(config)
     ids, mask, types, _ = varied_batch([20, 7, 1], 0, T=24)
     results = []
-    original = kernels.attention_varlen
+    original = bert_kernels.attention_varlen
     for impl in ("torch", "triton"):
-        monkeypatch.setattr(kernels, "attention_varlen", lambda *a, impl=impl, **kw: original(*a, impl=impl, **kw))
+        monkeypatch.setattr(bert_kernels, "attention_varlen", lambda *a, impl=impl, **kw: original(*a, impl=impl, **kw))
         model.zero_grad()
         h = model(ids, mask, types)
         h[mask].square().sum().backward()

@@ -2,7 +2,7 @@
 
     out = flash_attention(q, k, v, key_padding_mask, dropout_p, scale)    # q: (B, H, Tq, D), k, v: (B, H, Tk, D)
 
-What it computes is exactly `kernels.reference.attention`: per query row i of head (b, h),
+What it computes is exactly `bert_kernels.reference.attention`: per query row i of head (b, h),
     p_ij = exp(s_ij - max_j s_ij) / sum_j exp(...),  s_ij = scale * q_i . k_j   (keys j with mask[b, j] True)
     out_i = sum_j p_ij * z_ij / (1 - dropout_p) * v_j          (z_ij = 1 with probability 1 - dropout_p)
 and a row whose keys are all padding gets out_i = 0 and zero gradients, never NaN.
@@ -32,7 +32,7 @@ pure function of (seed, batch*head, query index, key index). Nothing is stored: 
 draws the identical mask from the same seed and offsets. The normalizer l_i sums the
 probabilities before dropout (dropout applies to the normalized probabilities). The seed is
 drawn from torch's default CPU generator, so torch.manual_seed makes a run reproducible, and
-kernels/softmax.py uses the same offsets: masked_softmax(q k^T) and flash_attention drop the
+bert_kernels/softmax.py uses the same offsets: masked_softmax(q k^T) and flash_attention drop the
 same entries for the same seed (the tests use this).
 
 Variable length (flash_attention_varlen, q, k, v of shape (total, H, D) with cu_seqlens): the same
@@ -68,12 +68,12 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"   # read at import, 
 # Configs. The interpreter cannot autotune over several configs and pays ~10 ms per (program x
 # block step), so it gets one config with 64-wide blocks. On the GPU the autotuner is offered,
 # per case, only the candidates below that compile, fit in shared memory and do not spill
-# registers there: kernels/offered_configs.json, per kernel, target (sm_80 for compute
+# registers there: bert_kernels/offered_configs.json, per kernel, target (sm_80 for compute
 # capability 8.x, sm_90 for 9.x), precision, head dim and dropout, written by
-# `python -m kernels.aot --write-offered` from compiling every candidate ahead of time (see
-# kernels/aot.py). The tuning key is the sequence length rounded up to a power of 2, the head dim
+# `python -m bert_kernels.aot --write-offered` from compiling every candidate ahead of time (see
+# bert_kernels/aot.py). The tuning key is the sequence length rounded up to a power of 2, the head dim
 # and the switches that change the compiled code (the autotuner adds the dtypes itself).
-# KERNELS_MAX_CONFIGS=n (read at import) keeps the first n offered configs only: a quick compiled
+# BERT_KERNELS_MAX_CONFIGS=n (read at import) keeps the first n offered configs only: a quick compiled
 # test run (gpu_check.py's tests part uses 1) compiles one config per kernel and case, not all.
 # -------------------------------------------------------------------------------------------------
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). dK/dV: one program per key block (BLOCK_N) keeps
@@ -115,7 +115,7 @@ def _load_offered(path=_OFFERED_PATH):
 
 
 _OFFERED = _load_offered()
-_MAX_CONFIGS = int(os.environ.get("KERNELS_MAX_CONFIGS", "0") or 0) or None
+_MAX_CONFIGS = int(os.environ.get("BERT_KERNELS_MAX_CONFIGS", "0") or 0) or None
 
 
 def _table_target(device):
@@ -434,7 +434,7 @@ def unsupported(q, k, v, key_padding_mask=None, dropout_p=0.0):
     if not (q.device == k.device == v.device):
         return f"q, k, v are on different devices ({q.device}, {k.device}, {v.device})"
     if q.device.type != "cuda" and not _INTERPRET:
-        return f"tensors on {q.device} need CUDA (or TRITON_INTERPRET=1 set before importing kernels)"
+        return f"tensors on {q.device} need CUDA (or TRITON_INTERPRET=1 set before importing bert_kernels)"
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return "bfloat16 is not supported by the Triton interpreter on the CPU"
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:

@@ -2,7 +2,7 @@
 
     probs = masked_softmax(scores, key_padding_mask, scale, dropout_p)   # scores: (B, H, Tq, Tk)
 
-What it computes is exactly `kernels.reference.masked_softmax`: softmax over the last dim of
+What it computes is exactly `bert_kernels.reference.masked_softmax`: softmax over the last dim of
 scale * scores with padded keys (key_padding_mask[b, j] False) at probability exactly 0, then
 dropout (zero with probability dropout_p, survivors times 1 / (1 - dropout_p)). A row whose keys
 are all padding is all zeros with zero gradient, never NaN. Computed in fp32, returned in the
@@ -16,7 +16,7 @@ keys are not even read. The backward, dS = scale * P * (dP - rowsum(dP * P)), re
 saved tensor and writes dS once.
 
 Dropout uses Triton's counter-based Philox RNG, tl.rand(seed, offset) with offset =
-row * Tk + j, row = (b * H + h) * Tq + i: the same offsets as kernels/attention.py, so for the
+row * Tk + j, row = (b * H + h) * Tq + i: the same offsets as bert_kernels/attention.py, so for the
 same seed masked_softmax(q k^T) and flash_attention drop the same entries. Nothing is stored:
 the backward regenerates the mask. Without dropout the backward reads the saved output P; with
 dropout the output has lost P where it dropped, so the backward keeps the input scores instead
@@ -102,7 +102,7 @@ def unsupported(scores, key_padding_mask=None, dropout_p=0.0):
     if scores.dtype not in DTYPES:
         return f"dtype {scores.dtype} is not one of float16, bfloat16, float32"
     if scores.device.type != "cuda" and not _INTERPRET:
-        return f"tensors on {scores.device} need CUDA (or TRITON_INTERPRET=1 set before importing kernels)"
+        return f"tensors on {scores.device} need CUDA (or TRITON_INTERPRET=1 set before importing bert_kernels)"
     if scores.device.type == "cpu" and scores.dtype == torch.bfloat16:
         return "bfloat16 is not supported by the Triton interpreter on the CPU"
     if scores.dim() != 4:
@@ -118,13 +118,13 @@ def unsupported(scores, key_padding_mask=None, dropout_p=0.0):
 
 
 def _draw_seed():
-    """A Philox seed from torch's default CPU generator (the same draw as kernels/attention.py)."""
+    """A Philox seed from torch's default CPU generator (the same draw as bert_kernels/attention.py)."""
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
 def _launch_config(T_K):
     """(ROWS, BLOCK, num_warps): whole rows of BLOCK >= Tk, ~4096 elements per program. Compiled ahead
-    of time (kernels/aot.py): a row of 8192 spills registers with 16 warps (fp32, mask and dropout, sm_80)
+    of time (bert_kernels/aot.py): a row of 8192 spills registers with 16 warps (fp32, mask and dropout, sm_80)
     and not with 32; one of 16384 spills with either, least with 16 (docs/aot_report.md)."""
     block = triton.next_power_of_2(T_K)
     rows = max(1, min(16, 4096 // block))

@@ -1,27 +1,27 @@
 """Attention and masked softmax for the BERT family: Triton kernels with a PyTorch fallback.
 
-    from kernels import attention, attention_varlen, cross_entropy, Layout, self_attention
+    from bert_kernels import attention, attention_varlen, cross_entropy, Layout, self_attention
     out = attention(q, k, v, key_padding_mask=mask, dropout_p=0.1)   # q, k, v: (B, H, T, D)
     out = attention_varlen(q, k, v, cu_seqlens, max_seqlen)          # q, k, v: (total, H, D), no padding
     out = self_attention(q, k, v, layout, dropout_p=0.1)             # q, k, v: (B, T, H, D) or (total, H, D)
-                                                                     # as `layout` says (kernels/layout.py)
-    loss = cross_entropy(logits, labels)                             # the MLM loss (kernels/losses.py):
+                                                                     # as `layout` says (bert_kernels/layout.py)
+    loss = cross_entropy(logits, labels)                             # the MLM loss (bert_kernels/losses.py):
                                                                      # PyTorch only, one (N, V) buffer
 
 This file is the only place that decides between the backends:
-  "triton"  the fused kernels in kernels/attention.py and kernels/softmax.py
+  "triton"  the fused kernels in bert_kernels/attention.py and bert_kernels/softmax.py
             (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1: how CI tests them)
-  "torch"   torch.nn.functional.scaled_dot_product_attention / kernels/reference.py
+  "torch"   torch.nn.functional.scaled_dot_product_attention / bert_kernels/reference.py
 
-The backend is chosen ONCE, at import: `KERNELS_IMPL=triton|torch` if set, else Triton when
-CUDA and Triton are usable, else PyTorch. Each call can override it with `impl=`. A forced
-Triton (by argument or by the environment) that cannot run is an error that says why; on
-auto, a case the kernel does not take (e.g. an odd head dim) falls back to PyTorch and warns
-once.
+The backend is chosen ONCE, at import: `BERT_KERNELS_IMPL=triton|torch` if set (`KERNELS_IMPL`,
+its name before the package was renamed, is still read), else Triton when CUDA and Triton are
+usable, else PyTorch. Each call can override it with `impl=`. A forced Triton (by argument or by
+the environment) that cannot run is an error that says why; on auto, a case the kernel does not
+take (e.g. an odd head dim) falls back to PyTorch and warns once.
 
 torch.compile: the PyTorch path (SDPA) compiles natively; the Triton path is four custom ops,
 bertfamily::flash_attention_fwd / _bwd and bertfamily::flash_attention_varlen_fwd / _bwd
-(kernels/attention.py), each one opaque node with a fake implementation and a registered backward,
+(bert_kernels/attention.py), each one opaque node with a fake implementation and a registered backward,
 so a compiled model neither breaks its graph at attention nor traces into Triton.
 
 Mask convention: key_padding_mask is (B, T), bool or 0/1, True = a real token. A query whose
@@ -44,7 +44,7 @@ from .layout import Layout, Unpadded, pad, unpad
 from .losses import cross_entropy
 
 # The Triton modules are imported here, BEFORE the functions below are defined: importing a
-# submodule sets an attribute of the same name on this package, and `kernels.attention` must
+# submodule sets an attribute of the same name on this package, and `bert_kernels.attention` must
 # stay the function. They are optional: no Triton, no Triton backend.
 try:
     from . import attention as _triton_attention
@@ -71,10 +71,13 @@ def _triton_unavailable():
 
 
 def _choose_backend():
-    env = os.environ.get("KERNELS_IMPL", "").strip().lower()
+    env = os.environ.get("BERT_KERNELS_IMPL", "").strip().lower()
+    if not env and os.environ.get("KERNELS_IMPL", "").strip():      # the name before the package was renamed
+        warnings.warn("KERNELS_IMPL is read as BERT_KERNELS_IMPL (its new name); set that instead", FutureWarning)
+        env = os.environ["KERNELS_IMPL"].strip().lower()
     if env:
         if env not in IMPLS:
-            raise ValueError(f"KERNELS_IMPL={env!r} is not a backend; use one of {IMPLS} or unset it")
+            raise ValueError(f"BERT_KERNELS_IMPL={env!r} is not a backend; use one of {IMPLS} or unset it")
         return env, True
     auto = "triton" if torch.cuda.is_available() and _triton_unavailable() is None else "torch"
     return auto, False
@@ -97,10 +100,10 @@ def _resolve(impl, why_unsupported):
         return "triton"
     if forced:
         raise RuntimeError(f"the Triton backend was forced but cannot run: {reason}. "
-                           "Use impl='torch' or KERNELS_IMPL=torch for the PyTorch path.")
+                           "Use impl='torch' or BERT_KERNELS_IMPL=torch for the PyTorch path.")
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"kernels: falling back to PyTorch: {reason}", stacklevel=3)
+        warnings.warn(f"bert_kernels: falling back to PyTorch: {reason}", stacklevel=3)
     return "torch"
 
 

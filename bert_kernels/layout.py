@@ -2,7 +2,7 @@
 
     layout = Layout.of(input_ids, attention_mask, document_ids)     # decided once per forward
     x = embeddings(layout.gather(input_ids), ...)                   # (B, T, H) or (total, H)
-    ... every layer: kernels.self_attention(q, k, v, layout) ...    # q, k, v: x's shape, by head
+    ... every layer: bert_kernels.self_attention(q, k, v, layout) ...    # q, k, v: x's shape, by head
     h = layout.pad(x)                                               # (B, T, H) again
 
   padded    x is (B, T, H) and attention takes a key-padding mask (B, T), True = a real token, or no

@@ -1,7 +1,7 @@
 """Plain PyTorch attention and masked softmax: the ground truth.
 
 Every Triton kernel in this package has its twin here. The tests compare the
-two, the benchmarks use these as the "eager" provider, and `kernels/__init__.py`
+two, the benchmarks use these as the "eager" provider, and `bert_kernels/__init__.py`
 falls back to them (through SDPA for attention) when Triton cannot run.
 
 Conventions shared by the whole package:
