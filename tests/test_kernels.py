@@ -151,7 +151,7 @@ def test_attention_expanded_grad_output():
     q, k, v = make_qkv(2, 2, 17, 17, 16, torch.float32)
     mask = make_mask(2, 17, "lengths")
     flash_attention(q, k, v, mask, 0.0, None).sum().backward()
-    _, ref_grads = reference_attention(q, k, v, mask, torch.ones(2, 2, 17, 16))
+    _, ref_grads = reference_attention(q, k, v, mask, torch.ones(2, 2, 17, 16, device=DEVICE))
     for name, x, want in zip("qkv", (q, k, v), ref_grads):
         assert_close(x.grad, want, 2e-5, 1e-5, f"d{name}")
 
