@@ -372,14 +372,20 @@ def build_cache(files, tok, cache_dir=CACHE_DIR, val_fraction=0.05, seed=0, chun
 
 # ----------------------------------------------------------------------------- 5. masking
 
-_BYTE_LEVEL_SPACES = {chr(256 + b) for b in (9, 10, 11, 12, 13, 32)}  # how byte-level BPE writes \t \n \v \f \r and ' '
+# the characters byte-level BPE's pre-tokenizer splits at (its regex's \s: Unicode White_Space, which is Python's
+# str.isspace less the separators U+001C-U+001F; all of them lie below U+3001)
+_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
 
 
 def word_start_table(tok):
     """(vocab_size,) bool tensor, computed once from the vocabulary: does token i begin a word?
     wordpiece: a piece that continues a word starts with '##' (the model's continuing_subword_prefix).
-    bpe (byte-level): the whitespace before a word is the first character of its first token ('Ġ' for a space,
-    'Ċ' for a line break, ...), so 'Ġ' + 'world' is one word. unigram (Metaspace, as SentencePiece): a word's
+    bpe (byte-level): the whitespace before a word begins its first token ('Ġ' for a space, 'ĉ' for a tab, 'Âł' for
+    a no-break space: any Unicode whitespace, as the pre-tokenizer's), so 'Ġ' + 'world' is one word, and so
+    are 'ĉ' + 'here' (whitespace the pre-tokenizer keeps apart goes with the word after it, as 'Ġ' does); a
+    multi-byte space that the vocabulary splits into pieces of its bytes is not seen. A sentence's first
+    word has no whitespace before it (the cache tokenizes sentences one by one): PretrainingBatches tells
+    the Masker where sentences begin. unigram (Metaspace, as SentencePiece): a word's
     first piece starts with '▁'. Punctuation stays with its word in bpe and unigram ('world,') and is a word of
     its own in wordpiece, whose pre-tokenizer splits it off, as BERT's word definition. Special and added
     tokens are True (the Masker never masks specials; a token after one begins a word whatever it is).
@@ -396,7 +402,10 @@ def word_start_table(tok):
             raise ValueError("this BPE tokenizer is not byte-level (no ByteLevel pre-tokenizer, or it marks words with "
                              "a prefix/suffix), so its tokens do not tell where words start; whole-word masking "
                              "needs a byte-level BPE (tokenizer.py's bpe kind), a WordPiece or a Unigram tokenizer")
-        starts = lambda t: t[:1] in _BYTE_LEVEL_SPACES
+        from tokenizers import pre_tokenizers
+        to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)  # str -> byte-level spelling
+        spaces = tuple(to_bytes.pre_tokenize_str(c)[0][0] for c in _WHITESPACE)
+        starts = lambda t: t.startswith(spaces)
     else:
         marker = next((p.get("replacement") for p in pres if p.get("type") == "Metaspace"), None)
         if not marker:
@@ -455,30 +464,30 @@ class Masker:
         if len(self.replacements) == 0:
             raise ValueError(f"vocab_size={vocab_size} leaves no ordinary token to predict")
 
-    def __call__(self, input_ids, generator, starts=None):
+    def __call__(self, input_ids, rng, starts=None):
         """(masked input_ids, labels). starts: optional (B, T) bool, positions known to begin a word whatever
         their token (PretrainingBatches passes sentence starts: byte-level BPE writes a sentence's first word
         without its 'Ġ' when sentences are tokenized one by one); used with word_starts only."""
         if self.word_starts is not None or self.max_ngram > 1:
-            return self._mask_spans(input_ids, generator, starts)
+            return self._mask_spans(input_ids, rng, starts)
         shape = input_ids.shape
         maskable = ~torch.isin(input_ids, self.special_ids)                              # (B, T)
-        chosen = (torch.rand(shape, generator=generator) < self.p) & maskable            # (B, T)
+        chosen = (torch.rand(shape, generator=rng) < self.p) & maskable                  # (B, T)
         starved = maskable.any(1) & ~chosen.any(1)                                       # (B,)
         if self.p > 0 and starved.any():
-            pick = torch.rand(shape, generator=generator).masked_fill(~maskable, -1.0).argmax(1)  # (B,)
+            pick = torch.rand(shape, generator=rng).masked_fill(~maskable, -1.0).argmax(1)        # (B,)
             chosen[starved, pick[starved]] = True
         labels = torch.where(chosen, input_ids, -100)
-        u = torch.rand(shape, generator=generator)
+        u = torch.rand(shape, generator=rng)
         to_mask = chosen & (u < self.mask_ratio)
         to_random = chosen & (u >= self.mask_ratio) & (u < self.mask_ratio + self.random_ratio)
-        random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=generator)]
+        random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=rng)]
         masked = torch.where(to_random, random_ids, input_ids)
         return masked.masked_fill(to_mask, self.mask_id), labels
 
-    def spans(self, input_ids, generator, starts=None):
+    def spans(self, input_ids, rng, starts=None):
         """(span, maskable), both (B, T): span numbers the spans of each row 0, 1, ... left to right at their
-        tokens (-1 at special ones), maskable = not special. The n-gram lengths are drawn from `generator`."""
+        tokens (-1 at special ones), maskable = not special. The n-gram lengths are drawn from `rng`."""
         B, T = input_ids.shape
         maskable = ~torch.isin(input_ids, self.special_ids)                              # (B, T)
         stretch = maskable.clone()                                                       # (B, T) begins a stretch:
@@ -497,7 +506,7 @@ class Masker:
         first = first.scatter_(1, torch.where(stretch, uid, T), True)[:, :T]             # (B, U) unit begins a stretch
         stretch_of = first.cumsum(1)                                                     # (B, U)
         head = torch.where(first, j, 0).cummax(1).values                                 # (B, U) its stretch's 1st
-        n = torch.bucketize(torch.rand(B, T, generator=generator), self._ngram_cdf) + 1  # (B, U) in 1..max_ngram
+        n = torch.bucketize(torch.rand(B, T, generator=rng), self._ngram_cdf) + 1        # (B, U) in 1..max_ngram
         before = n.cumsum(1) - n                                                         # (B, U)
         begin = head + before - before.gather(1, head)                                   # (B, U) k = u - head
         inside = (begin < unit.sum(1, keepdim=True)) & (stretch_of.gather(1, begin.clamp(max=T - 1)) == stretch_of)
@@ -506,24 +515,24 @@ class Masker:
         span = (span_start.cumsum(1) - 1).gather(1, uid.clamp(min=0))                    # (B, T)
         return torch.where(maskable, span, -1), maskable
 
-    def _mask_spans(self, input_ids, generator, starts=None):
+    def _mask_spans(self, input_ids, rng, starts=None):
         """Whole-word / n-gram masking (class docstring): each span chosen whole with probability p."""
         shape = input_ids.shape
-        span, maskable = self.spans(input_ids, generator, starts)                        # (B, T) each
+        span, maskable = self.spans(input_ids, rng, starts)                              # (B, T) each
         slot = span.clamp(min=0)                                                         # (B, T) index of a span
-        chosen = (torch.rand(shape, generator=generator) < self.p).gather(1, slot) & maskable  # (B, T)
+        chosen = (torch.rand(shape, generator=rng) < self.p).gather(1, slot) & maskable        # (B, T)
         starved = maskable.any(1) & ~chosen.any(1)                                       # (B,)
         if self.p > 0 and starved.any():                                                 # one span at random
             n_spans = span.amax(1) + 1                                                   # (B,)
-            pick = torch.minimum((torch.rand(shape[0], generator=generator) * n_spans).long(), n_spans - 1)
+            pick = torch.minimum((torch.rand(shape[0], generator=rng) * n_spans).long(), n_spans - 1)
             chosen |= starved[:, None] & (span == pick[:, None])
         labels = torch.where(chosen, input_ids, -100)
-        u = torch.rand(shape, generator=generator)
+        u = torch.rand(shape, generator=rng)
         if self.per_span:
             u = u.gather(1, slot)                                                        # one draw per span
         to_mask = chosen & (u < self.mask_ratio)
         to_random = chosen & (u >= self.mask_ratio) & (u < self.mask_ratio + self.random_ratio)
-        random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=generator)]
+        random_ids = self.replacements[torch.randint(len(self.replacements), shape, generator=rng)]
         masked = torch.where(to_random, random_ids, input_ids)
         return masked.masked_fill(to_mask, self.mask_id), labels
 

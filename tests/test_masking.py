@@ -3,7 +3,9 @@ spans, the masking rate, and train.py's flags for them (--whole-word-mask, --ngr
 
 Words are computed here without the masker's vocabulary table: from the `tokenizers` Encoding's word_ids for
 WordPiece and Unigram (their pre-tokenizers split words as the ## and ▁ markers do), and from the text between
-the tokens' offsets for byte-level BPE (a word begins where whitespace precedes a token)."""
+the tokens' offsets for byte-level BPE (a word begins where whitespace precedes a token). The batches built from
+the token cache, which tokenizes sentence by sentence, are checked against each sentence's word_ids (for BPE
+joined where no whitespace lies between two of them), every sentence's first word included."""
 import importlib
 
 import numpy as np
@@ -335,6 +337,127 @@ def test_default_batches_do_not_look_for_sentence_starts(tok, corpus, monkeypatc
     masker = data.Masker(tok.vocab_size, tok.mask_id, tok.special_ids, mlm_probability=0.3)
     for layout in (dict(objective="mlm"), dict(objective="mlm", packed=True), dict(objective="mlm+nsp")):
         data.PretrainingBatches(corpus, tok, seq_len=64, batch_size=4, masker=masker, **layout).get_batch(0)
+
+
+# ----------------------------------------------------------------------------- words in the batches vs the tokenizer's
+
+def _word_documents(n_docs=120, seed=3):
+    """Documents (lists of lines, several sentences a line) whose words meet in the ways the tokenizers tell
+    apart: a space, two spaces, a tab, a no-break space, a thin space or an ideographic space between two
+    words, punctuation, digits, an apostrophe, quotes and brackets (also before a sentence's first word),
+    letters with accents, and now and then a sentence long enough that a row cuts it."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzéü"))
+    vocab = ["".join(rng.choice(letters, rng.integers(2, 10))) for _ in range(300)]
+    gaps, gap_p = [" ", "  ", "\t", "\u00a0", "\u2009", "\u3000"], [0.7, 0.06, 0.06, 0.06, 0.06, 0.06]
+    forms = ["{},", "{}.{}", "{}'s", "({})", '"{}"', "{}-{}", "3.{}", "{}9"]
+
+    def sentence():
+        words = [vocab[i] for i in rng.integers(0, len(vocab), rng.integers(2, 50 if rng.random() < 0.1 else 8))]
+        words = [forms[rng.integers(len(forms))].format(w, w[::-1]) if rng.random() < 0.15 else w for w in words]
+        text = words[0].capitalize()
+        for w in words[1:]:
+            text += rng.choice(gaps, p=gap_p) + w
+        opener = rng.choice(["", "", "", '"', "("])
+        return opener + text + rng.choice([".", "!", "?"]) + {'"': '"', "(": ")", "": ""}[opener]
+
+    return [[" ".join(sentence() for _ in range(rng.integers(1, 4))) for _ in range(rng.integers(1, 4))]
+            for _ in range(n_docs)]
+
+
+WORD_DOCUMENTS = _word_documents()
+
+
+@pytest.fixture(scope="module", params=tokenizer.KINDS)
+def word_corpus(request, tmp_path_factory):
+    """(tok, corpus, word): a `kind` tokenizer trained on WORD_DOCUMENTS, their token cache, and for every token
+    of the cache the number of its word, counted over the whole corpus from each sentence's Encoding.word_ids.
+    Byte-level BPE's pre-tokenizer also splits punctuation and digits off a word ('world' '.'), which its
+    whole-word masking (as RoBERTa's fairseq code) keeps with the word: for bpe, a word of the tokenizer's that
+    neither begins with whitespace nor follows some is part of the word before it (so a tab's 'ĉ' + 'here' is
+    one word, as in word_start_table)."""
+    kind = request.param
+    folder = tmp_path_factory.mktemp(f"words-{kind}")
+    (folder / "corpus.txt").write_text("\n\n".join("\n".join(lines) for lines in WORD_DOCUMENTS) + "\n")
+    tok = tokenizer.train([str(folder / "corpus.txt")], kind=kind, vocab_size=600 if kind == "bpe" else 400,
+                          min_frequency=1)
+    corpus = data.build_cache([folder / "corpus.txt"], tok, folder / "cache", val_fraction=0.0)[0]
+    sentences = [s for doc in data.read_documents([folder / "corpus.txt"]) for s in doc]
+    assert len(sentences) == corpus.n_sentences
+    word, count = np.zeros(corpus.n_tokens, np.int64), -1
+    for k, text in enumerate(sentences):
+        e = tok.backend.encode(text, add_special_tokens=False)
+        a, b = corpus.sent_offsets[k], corpus.sent_offsets[k + 1]
+        assert corpus.tokens[a:b].tolist() == e.ids and tok.unk_id not in e.ids
+        prev = None                                                    # (word id, end offset) of the previous token
+        for i, (w, (start, end)) in enumerate(zip(e.word_ids, e.offsets)):
+            new = prev is None or w != prev[0]
+            if kind == "bpe" and prev is not None:
+                new = new and any(c.isspace() for c in text[prev[1]:start + 1])
+            count += new
+            word[a + i] = count
+            prev = (w, end)
+    assert count + 1 > 3 * len(sentences)
+    if kind == "bpe":  # each kind of space begins a token here (split into its bytes, word_start_table misses it)
+        from tokenizers import pre_tokenizers
+        spell = lambda c: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(c)[0][0]
+        used = [tok.id_to_token(int(i)) for i in np.unique(corpus.tokens)]
+        assert all(any(t.startswith(spell(c)) for t in used) for c in "\t\u00a0\u2009\u3000")
+    return tok, corpus, word
+
+
+class _RecordingMasker(data.Masker):
+    """A Masker that keeps what each call was given: (input_ids, starts)."""
+    calls = None
+
+    def __call__(self, input_ids, rng, starts=None):
+        self.calls.append((input_ids.clone(), starts))
+        return super().__call__(input_ids, rng, starts)
+
+
+@pytest.mark.parametrize("layout", [dict(objective="mlm"), dict(objective="mlm", packed=True),
+                                    dict(objective="mlm+nsp"), dict(objective="mlm+sop")], ids=str)
+def test_batches_mask_the_tokenizers_words(word_corpus, layout):
+    """Whole-word masking of the batches groups the tokens into exactly the tokenizer's words (the fixture's
+    Encoding.word_ids), every sentence's first word included, whatever the whitespace before a word; a row
+    that begins inside a word (a cut sentence, an NSP segment from a random token) begins a unit there.
+    Each row's tokens are located in the corpus by the same batches over a copy of the corpus whose tokens are
+    their own positions (the rows depend on the corpus's offsets and the seed only)."""
+    tok, corpus, word = word_corpus
+    V = tok.vocab_size
+    masker = _RecordingMasker(V, tok.mask_id, tok.special_ids, mlm_probability=0.5,
+                              word_starts=data.word_start_table(tok))
+    masker.calls = []
+    kw = dict(seq_len=96, batch_size=16, seed=0, **layout)
+    batches = data.PretrainingBatches(corpus, tok, masker=masker, **kw)
+    positions = data.TokenCorpus(np.arange(corpus.n_tokens) + V, corpus.sent_offsets, corpus.doc_offsets)
+    where = data.PretrainingBatches(positions, tok, masker=data.Masker(corpus.n_tokens + V, tok.mask_id,
+                                                                      tok.special_ids, mlm_probability=0.0), **kw)
+    tokens = torch.from_numpy(corpus.tokens.astype(np.int64))
+    n_words = n_first = 0
+    for step in range(16):
+        b = batches.get_batch(step)
+        ids, starts = masker.calls[-1]
+        pos = where.get_batch(step)["input_ids"] - V                       # (B, T) corpus position; < 0: special
+        real = pos >= 0
+        assert torch.equal(tokens[pos[real]], ids[real])                  # the positions are the rows' tokens
+        w = torch.from_numpy(word)[pos.clamp(min=0)]                      # (B, T) the tokenizer's word
+        prev_real = torch.cat([torch.zeros(len(pos), 1, dtype=torch.bool), real[:, :-1]], 1)
+        continues = real & prev_real & torch.cat([torch.zeros(len(pos), 1, dtype=torch.bool),
+                                                  (w[:, 1:] == w[:, :-1]) & (pos[:, 1:] == pos[:, :-1] + 1)], 1)
+        want = torch.where(real, (real & ~continues).cumsum(1) - 1, -1)   # the words of each row numbered 0, 1, ...
+        span, _ = masker.spans(ids, torch.Generator(), starts)
+        assert torch.equal(span, want), f"step {step}: row {int((span != want).any(1).nonzero()[0])}"
+        # and the masking itself: every word of the batch chosen whole or not at all
+        chosen = b["labels"] != -100
+        for r in range(len(ids)):
+            for u in want[r][real[r]].unique():
+                at_u = chosen[r][want[r] == u]
+                assert at_u.all() or not at_u.any()
+        sentence_start = real & torch.from_numpy(np.isin(pos.clamp(min=0).numpy(), corpus.sent_offsets[:-1]))
+        n_first += int((sentence_start & prev_real).sum())
+        n_words += int(want.amax(1).add(1).sum())
+    assert n_words > 2000 and n_first > 100     # sentence starts inside a segment: position alone does not tell
 
 
 # ----------------------------------------------------------------------------- train.py

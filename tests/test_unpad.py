@@ -10,8 +10,11 @@
   * bert_kernels.Layout and bert_kernels.self_attention: the layout decided once per batch, gathered into and
     padded back, one attention call for both layouts;
   * attention_varlen: the PyTorch fallback, the reference twin (a loop over the sequences) and,
-    where the Triton backend can run (under the interpreter on a CPU), the Triton kernel agree,
-    forward and backward, on odd lengths.
+    where the Triton backend can run (compiled on a GPU, under the interpreter on a CPU), the Triton
+    kernel agree, forward and backward, on odd lengths.
+
+A test that runs the Triton backend puts its tensors on DEVICE: the GPU where there is one (conftest.py
+sets TRITON_INTERPRET only without one, so the kernels run compiled and take CUDA tensors only), else the CPU.
 """
 import dataclasses
 import importlib
@@ -22,6 +25,9 @@ import torch
 import bert_kernels
 from bert_kernels import reference
 
+TRITON = bert_kernels._triton_unavailable() is None
+needs_triton = pytest.mark.skipif(not TRITON, reason=f"Triton backend unavailable: {bert_kernels._triton_unavailable()}")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # where the Triton backend runs (module docstring)
 V, T = 99, 40
 SIZES = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -29,8 +35,8 @@ SIZES = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_he
 FAMILIES = {
     "bert": ("bert", dict(max_position_embeddings=64), "BertModel", "BertForPreTraining", "bert"),
     "roberta": ("roberta", dict(max_position_embeddings=66), "RobertaModel", "RobertaForMaskedLM", "roberta"),
-    "albert": ("albert", dict(max_position_embeddings=64, embedding_size=16, classifier_dropout_prob=0.0), "AlbertModel", "AlbertForPreTraining",
-               "albert"),
+    "albert": ("albert", dict(max_position_embeddings=64, embedding_size=16, classifier_dropout_prob=0.0), "AlbertModel",
+               "AlbertForPreTraining", "albert"),
     "electra": ("electra", dict(max_position_embeddings=64, embedding_size=16), "ElectraModel",
                 "ElectraForMaskedLM", "electra"),
 }
@@ -199,14 +205,15 @@ def test_layout_gather_then_pad_puts_every_real_token_back():
 def test_self_attention_takes_both_layouts(impl):
     """bert_kernels.self_attention on (B, T, H, D) with a padded layout and on (total, H, D) with an unpadded one:
     both give bert_kernels.reference.attention's numbers at the real positions."""
-    if impl == "triton" and bert_kernels._triton_unavailable():
+    if impl == "triton" and not TRITON:
         pytest.skip(bert_kernels._triton_unavailable())
+    device = DEVICE if impl == "triton" else "cpu"
     g = torch.Generator().manual_seed(0)
     B, T, H, D = 3, 9, 2, 16
-    q, k, v = (torch.randn(B, T, H, D, generator=g) for _ in range(3))
-    mask = torch.arange(T)[None] < torch.tensor([[9], [4], [1]])
+    q, k, v = (torch.randn(B, T, H, D, generator=g).to(device) for _ in range(3))
+    mask = (torch.arange(T)[None] < torch.tensor([[9], [4], [1]])).to(device)
     want = reference.attention(*(x.transpose(1, 2) for x in (q, k, v)), key_padding_mask=mask).transpose(1, 2)
-    ids = torch.zeros(B, T, dtype=torch.long)
+    ids = torch.zeros(B, T, dtype=torch.long, device=device)
     padded = bert_kernels.self_attention(q, k, v, bert_kernels.Layout.of(ids, mask, unpad_padding=False), impl=impl)
     torch.testing.assert_close(padded[mask], want[mask], atol=1e-5, rtol=1e-5)
     layout = bert_kernels.Layout.of(ids, mask)
@@ -320,11 +327,11 @@ def test_last_layer_skipping_unread_positions_changes_nothing(family, unpad, mon
 LENGTHS = [[1, 5, 17, 33], [7], [33, 1, 1], [70, 3]]
 
 
-def make_varlen(lengths, H, D, dtype, seed=0):
+def make_varlen(lengths, H, D, dtype, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     total = sum(lengths)
-    q, k, v = (torch.randn(total, H, D, generator=g).to(dtype).requires_grad_() for _ in range(3))
-    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    q, k, v = (torch.randn(total, H, D, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
+    cu = torch.tensor([0] + lengths).cumsum(0).to(device, torch.int32)
     return q, k, v, cu, max(lengths)
 
 
@@ -374,19 +381,13 @@ def test_varlen_dropout_keeps_expectation():
     assert (mean - exact).abs().max() < 0.15 and not torch.equal(mean, exact)
 
 
-TRITON = bert_kernels._triton_unavailable() is None
-needs_triton = pytest.mark.skipif(not TRITON, reason=f"Triton backend unavailable: {bert_kernels._triton_unavailable()}")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
 
 @needs_triton
 @pytest.mark.parametrize("dtype, atol, rtol", [(torch.float32, 2e-5, 1e-5), (torch.float16, 1e-2, 5e-3)],
                          ids=["fp32", "fp16"])
 @pytest.mark.parametrize("lengths, D", [([1, 5, 17, 33], 16), ([70, 3], 32), ([64], 16)], ids=str)
 def test_varlen_triton_matches_reference_and_fallback(lengths, D, dtype, atol, rtol):
-    q, k, v, cu, tmax = make_varlen(lengths, 2, D, dtype)
-    q, k, v = (x.detach().to(DEVICE).requires_grad_() for x in (q, k, v))
-    cu = cu.to(DEVICE)
+    q, k, v, cu, tmax = make_varlen(lengths, 2, D, dtype, device=DEVICE)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE, dtype)
     got = run(lambda *x: bert_kernels.attention_varlen(*x, cu, tmax, impl="triton"), q, k, v, grad_out)
     # the reference in float64 from the same (rounded) inputs
@@ -402,7 +403,7 @@ def test_varlen_triton_matches_reference_and_fallback(lengths, D, dtype, atol, r
 
 @needs_triton
 def test_varlen_triton_dropout_same_seed_same_result():
-    q, k, v, cu, tmax = make_varlen([5, 17], 2, 16, torch.float32)
+    q, k, v, cu, tmax = make_varlen([5, 17], 2, 16, torch.float32, device=DEVICE)
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
@@ -418,8 +419,8 @@ def test_tiny_bert_unpadded_through_triton_equals_torch(monkeypatch):
     config = bert.BertConfig(**{**SIZES, "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1},
                              max_position_embeddings=64)
     torch.manual_seed(0)
-    model = bert.BertModel(config)
-    ids, mask, types, _ = varied_batch([20, 7, 1], 0, T=24)
+    model = bert.BertModel(config).to(DEVICE)
+    ids, mask, types = (x.to(DEVICE) for x in varied_batch([20, 7, 1], 0, T=24)[:3])
     results = []
     original = bert_kernels.attention_varlen
     for impl in ("torch", "triton"):
