@@ -424,4 +424,5 @@ FAMILY = Family(
     masked_lm=AlbertForMaskedLM, mlm_head="predictions.", classification=AlbertForSequenceClassification,
     tokenizer_kind="unigram",
     masking=dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1),  # BERT's, on single tokens
-    packed=False, position_offset=0, discriminator=None, discriminator_head=None)
+    packed=False, position_offset=0, discriminator=None, discriminator_head=None, tokenizer_vocab_field=False,
+    embedding_projection="always")                    # embedding_hidden_mapping_in, E -> H

@@ -22,8 +22,9 @@ HF's step time / ours.
 The table gives, per side: tokens/s (tokens per step / median step time; with --padding, REAL
 tokens only), the median step time and its spread (min-max), the peak memory (CUDA only: the most
 allocated during the side's steps, less the other side's weights and optimizer state, which stay
-resident), and on a GPU the model FLOPs utilization (MFU, see `flops_per_token`). On a CPU that other
-jobs share, `--threads 1 --clock cpu` times the CPU work of each step instead of the elapsed time.
+resident), and on a GPU the model FLOPs utilization (MFU, from the FLOP count the family declares:
+modeling.Family.flops_per_token). On a CPU that other jobs share, `--threads 1 --clock cpu` times the
+CPU work of each step instead of the elapsed time.
 
 What each side does, as a user would run it:
   ours  the model file's pretraining class; the MLM head projects only the masked positions to the
@@ -40,7 +41,6 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # transformers builds models from configs: nothing to fetch
@@ -51,8 +51,8 @@ import torch.nn as nn
 
 import data
 import tokenizer as tokenizers_lib
-from cli import (FAMILIES, UsageError, add_threads_arg, load_family, make_optimizer, parse_overrides, pick_device,
-                 set_threads)
+from cli import (FAMILIES, UsageError, add_setup_args, load_family, make_optimizer, mixed_precision, parse_overrides,
+                 pick_device, set_threads)
 
 # the transformers class that does the same work as ours, per (family, objective)
 HF_CLASSES = {
@@ -93,20 +93,16 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="rows per step (default: 64 on a GPU, 8 on a CPU)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                   help="autocast dtype as train.py (default: bf16 on a GPU that has it, else fp32)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the best available)")
+    add_setup_args(p, seed_help="seeds the initial weights (both sides) and the synthetic batches")  # as train.py's
     p.add_argument("--compile", action="store_true", help="torch.compile both sides")
     p.add_argument("--padding", action="store_true",
                    help="rows of random lengths in [--min-len, --seq-len], right-padded (fine-tuning-like)")
     p.add_argument("--min-len", type=int, default=32, help="shortest row with --padding")
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
                    help=f"the device's peak bf16 dense TFLOP/s for MFU (default {PEAK_TFLOPS:g}: H100 spec sheet)")
-    add_threads_arg(p)                                                   # the default as train.py's
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: CPU time of this process (a CPU shared with other jobs: use it "
                         "with --threads 1, it then counts the work and not the waiting)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", action="store_true", help="time the input pipeline (data.py) instead of the models")
     p.add_argument("--data-files", nargs="+", help="with --data: text files, folders or globs (default: Python's docs)")
     p.add_argument("--tokenizer", help="with --data: a saved tokenizer (default: train one / reuse train.py's cache)")
@@ -154,24 +150,22 @@ def _copy_weights(ours, hf):
 class HFElectra(nn.Module):
     """transformers' ELECTRA generator and discriminator, wired the way the paper (and our `Electra`) trains them:
     masked input -> generator MLM loss -> a sample at each masked position (no gradient) -> discriminator BCE
-    on the corrupted text; loss = generator_weight * MLM + discriminator_weight * BCE; one embeddings module."""
+    on the corrupted text; loss = generator_weight * MLM + discriminator_weight * BCE; one embeddings module.
+    `corrupt(input_ids, labels, logits at the masked positions)` -> (original, corrupted, is_replaced), each
+    (B, T), is our Electra's own step (its _corrupt: the same sampling, temperature and vocabulary)."""
 
-    def __init__(self, generator, discriminator, generator_weight=1.0, discriminator_weight=50.0):
+    def __init__(self, generator, discriminator, corrupt, generator_weight=1.0, discriminator_weight=50.0):
         super().__init__()
-        self.generator, self.discriminator = generator, discriminator
+        self.generator, self.discriminator, self.corrupt = generator, discriminator, corrupt
         self.generator_weight, self.discriminator_weight = generator_weight, discriminator_weight
         embeddings = discriminator.electra.embeddings
         generator.electra.embeddings = embeddings                                  # shared, as in the paper
         generator.generator_lm_head.weight = embeddings.word_embeddings.weight     # re-tie the output matrix
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        from electra import gumbel_sample
         gen = self.generator(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              labels=labels)                                         # logits (B, T, V)
-        masked = labels != -100                                                     # (B, T)
-        corrupted = input_ids.clone()
-        corrupted[masked] = gumbel_sample(gen.logits[masked])                      # (N,), no gradient
-        is_replaced = corrupted != torch.where(masked, labels, input_ids)          # (B, T)
+        _, corrupted, is_replaced = self.corrupt(input_ids, labels, gen.logits[labels != -100])  # (B, T), no gradient
         disc = self.discriminator(input_ids=corrupted, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                   labels=is_replaced.long())
         loss = self.generator_weight * gen.loss + self.discriminator_weight * disc.loss
@@ -204,12 +198,12 @@ def build_pair(model, preset, objective=None, vocab_size=None, overrides=None, d
                          "express: there is no HF model to compare with")
     torch.manual_seed(seed)
     ours = family.pretraining[objective](config)
-    if model == "electra" and objective == "rtd":
+    if objective == "rtd":                                 # a generator and a discriminator (the Family contract)
         gen = transformers.ElectraForMaskedLM(hf_config(config.generator_config()))
         disc = transformers.ElectraForPreTraining(hf_config(config))
         _copy_weights(ours.generator, gen)
         _copy_weights(ours.discriminator, disc)
-        hf = HFElectra(gen, disc, config.generator_weight, config.discriminator_weight)
+        hf = HFElectra(gen, disc, ours._corrupt, config.generator_weight, config.discriminator_weight)
     else:
         hf = getattr(transformers, HF_CLASSES[model, objective])(hf_config(config))
         _copy_weights(ours, hf)
@@ -262,12 +256,11 @@ def train_step_fn(model, device, precision="fp32", lr=1e-4, clip=1.0, compile=Fa
     (detached): forward under autocast, backward (scaled for fp16), clip, AdamW step, zero_grad."""
     device = torch.device(device)
     optimizer = make_optimizer(model, lr, 0.01, fused=device.type in ("cuda", "cpu"))   # as train.py does
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    _, autocast, scaler = mixed_precision(precision, device)
     forward = torch.compile(model) if compile else model
 
     def step(batch):
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+        with autocast:
             loss = forward(**batch).loss
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
@@ -321,56 +314,9 @@ def resident_bytes(model, optimizer):
 
 # ----------------------------------------------------------------------------- model FLOPs
 
-def _encoder_flops(L, H, I, T):
-    """Training FLOPs per token of L post-LN layers: 6 x matmul parameters (QKV + output 4H^2, FFN 2HI) for
-    forward (2) + backward (4), plus 12 L T H for the attention scores QK^T and the mix PV (2 T H each, x 3)."""
-    return 6 * L * (4 * H * H + 2 * H * I) + 12 * L * T * H
-
-
-def flops_per_token(config, seq_len, objective=None, mlm_fraction=0.15, attn_len=None):
-    """USEFUL training FLOPs per token, the same number for both sides (biases, norms, activations, softmax and
-    the embedding lookups not counted; a FLOP is a multiply or an add, a matmul 2 per multiply-add):
-
-      encoder      6 x L x (4 H^2 + 2 H I) + 12 x L x T x H
-      MLM head     6 x f x (H x E' + E' x V)   transform + vocabulary projection at the predicted fraction f of
-                   the tokens only (E' = H for BERT/RoBERTa, E for ALBERT and the ELECTRA generator): HF computes
-                   the projection at every position, but only f of it is useful work
-      NSP / SOP    6 x (H^2 + 2 H) / T         pooler + 2-way classifier, once per sequence
-      ALBERT       + 6 x E x H                 embedding_hidden_mapping_in (layer weights shared, applied L times)
-      ELECTRA rtd  generator (its H, I, heads; same L) encoder + 6 E Hg (if E != Hg) + MLM head at f,
-                   + discriminator encoder + 6 E H (if E != H) + 6 (H^2 + H) at EVERY token (replaced-token head)
-
-    T = attn_len, the number of keys a token attends to (default seq_len; with padding, the mean over the real
-    tokens); seq_len = tokens per sequence, for the once-per-sequence heads."""
-    family = config.model_type
-    objective = objective or load_family(family).default_objective
-    L, H, I, V, f = config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size, mlm_fraction
-    T = seq_len if attn_len is None else attn_len
-    E = getattr(config, "embedding_size", H)
-    if family in ("bert", "roberta"):
-        total = _encoder_flops(L, H, I, T) + 6 * f * (H * H + H * V)
-    elif family == "albert":
-        total = _encoder_flops(L, H, I, T) + 6 * E * H + 6 * f * (H * E + E * V)
-    elif family == "electra":
-        def generator_like(c):                            # encoder + projection + MLM head (H -> E -> V)
-            return (_encoder_flops(c.num_hidden_layers, c.hidden_size, c.intermediate_size, T)
-                    + (6 * E * c.hidden_size if E != c.hidden_size else 0)
-                    + 6 * f * (c.hidden_size * E + E * V))
-        if objective == "mlm":
-            return generator_like(config)
-        g = config.generator_config()
-        total = (generator_like(g) + _encoder_flops(L, H, I, T) + (6 * E * H if E != H else 0)
-                 + 6 * (H * H + H))
-    else:
-        raise ValueError(f"no FLOP count for model_type {family!r}")
-    if objective in ("mlm+nsp", "mlm+sop"):
-        total += 6 * (H * H + 2 * H) / seq_len
-    return total
-
-
 FLOP_FORMULA = ("FLOPs/token (useful, both sides alike) = 6 x matmul weights applied per token "
                 "(encoder 4H^2 + 2HI per layer) + 12 x L x T x H (attention) + 6 x f x (H*E' + E'*V) "
-                "(MLM head at the f = 15% masked tokens only) + heads; see bench.flops_per_token")
+                "(MLM head at the f = 15% masked tokens only) + heads; see modeling.Family.flops_per_token")
 
 
 # ----------------------------------------------------------------------------- the input pipeline
@@ -432,7 +378,7 @@ def main(argv=None):
     gpu = device.type == "cuda"
     preset = args.preset or ("base" if gpu else "mini")
     batch_size = args.batch_size or (64 if gpu else 8)
-    precision = args.precision or ("bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32")
+    precision = mixed_precision(args.precision, device).name
     family = load_family(args.model)
     objective = args.objective or family.default_objective
 
@@ -459,7 +405,7 @@ def main(argv=None):
     lengths = torch.cat([b["attention_mask"].sum(1) for b in timed]).double()
     attn_len = float((lengths ** 2).sum() / lengths.sum())         # keys per real token (= seq_len unpadded)
     mlm_fraction = family.masking["mlm_probability"]
-    fpt = flops_per_token(config, tokens_per_step / batch_size, objective, mlm_fraction, attn_len)
+    fpt = family.flops_per_token(config, tokens_per_step / batch_size, objective, mlm_fraction, attn_len)
 
     others = {"ours": resident_bytes(hf, sides["HF"][1]), "HF": resident_bytes(ours, sides["ours"][1])}
     rows = {}

@@ -429,4 +429,5 @@ FAMILY = Family(
     masked_lm=BertForMaskedLM, mlm_head="cls.predictions.", classification=BertForSequenceClassification,
     tokenizer_kind="wordpiece",
     masking=dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1),  # 80% [MASK], 10% random, 10% kept
-    packed=False, position_offset=0, discriminator=None, discriminator_head=None)
+    packed=False, position_offset=0, discriminator=None, discriminator_head=None,
+    tokenizer_vocab_field=False, embedding_projection="never")

@@ -1,10 +1,11 @@
-"""What the command-line tools share. train.py, finetune.py, predict.py and bench.py import this file
-and never each other, so each can be read (and changed) alone.
+"""What the command-line tools share. train.py, finetune.py, predict.py, bench.py and experiment.py import
+this file and never each other, so each can be read (and changed) alone.
 
   families       load_family(name): a model file's FAMILY declaration (modeling.Family), by --model name
   usage errors   UsageError: bad input from the user, printed as one line with no traceback;
                  parse_overrides for --set KEY=VALUE
-  setup          pick_device, seed_everything, set_threads (--threads: the CPU threads torch uses)
+  setup          add_setup_args (--device, --precision, --threads, --seed), pick_device, seed_everything,
+                 mixed_precision (autocast and GradScaler), set_threads (the CPU threads torch uses)
   progress       progress(): a tqdm bar in a terminal, plain lines now and then when the output is a file
   optimisation   make_optimizer (AdamW, no weight decay on biases and norms, optional layer-wise decay)
                  and lr_factor (linear warm-up, then linear or cosine decay)
@@ -21,7 +22,7 @@ import random
 import re
 import sys
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -61,7 +62,17 @@ def parse_overrides(pairs):
 
 # ----------------------------------------------------------------------------- setup
 
+def add_setup_args(parser, seed_help="seeds the weights a run initialises and its random choices"):
+    """--device, --precision, --threads and --seed, as train.py, finetune.py and bench.py take them."""
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS),
+                        help="autocast dtype; fp16 uses a GradScaler (default: bf16 on a GPU that has it, else fp32)")
+    add_threads_arg(parser)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def pick_device(name):
+    """torch.device(name), else the best available: cuda, then mps, then the CPU."""
     if name:
         return torch.device(name)
     if torch.cuda.is_available():
@@ -69,6 +80,25 @@ def pick_device(name):
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # --precision -> autocast dtype
+
+
+class Precision(NamedTuple):
+    name: str                                   # fp32, bf16 or fp16
+    autocast: contextlib.AbstractContextManager  # enter it around every forward pass (reusable)
+    scaler: Optional[torch.amp.GradScaler]      # fp16 only: scale the loss, unscale before clipping
+
+
+def mixed_precision(name, device):
+    """--precision on `device`: name None picks bf16 on a GPU that has it, else fp32."""
+    device = torch.device(device)
+    if name is None:
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = PRECISIONS[name]
+    return Precision(name, torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext(),
+                     torch.amp.GradScaler(device.type) if name == "fp16" else None)
 
 
 def seed_everything(seed):
@@ -91,7 +121,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def add_threads_arg(parser):
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch's matmuls and kernels (default: $OMP_NUM_THREADS if set, else the "
-                             "cores this process may use less the other jobs running, i.e. the load average; at least 1)")
+                             "cores this process may use less the other jobs running now; at least 1)")
+
+
+PROC_STAT = "/proc/stat"        # Linux: procs_running, the tasks running or ready to run at this moment
+
+
+def other_jobs():
+    """(how many cores the other jobs keep busy now, how it was measured). On Linux: /proc/stat's
+    procs_running (every runnable thread on the machine, counted at this instant) less this one; where
+    there is no /proc (macOS), the 1-minute load average, which trails a job that just ended by a minute."""
+    try:
+        with open(PROC_STAT) as f:
+            running = next(int(line.split()[1]) for line in f if line.startswith("procs_running "))
+        return max(0, running - 1), f"{max(0, running - 1)} other job(s) running"
+    except (OSError, StopIteration, ValueError, IndexError):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return load, f"load {load:.1f}"
 
 
 def set_threads(n=None):
@@ -100,15 +146,15 @@ def set_threads(n=None):
     torch's default is every core. When other jobs run, its threads wait on each other at every op's
     barrier and a step slows down by up to several times (a fine-tuning epoch on a 2-core CPU with one
     other job: 27 s on 2 threads, 9 s on 1), so the default counts the cores that are free: those this
-    process may run on, less the 1-minute load average (the runnable jobs beside it). A run resumed
-    with another thread count continues with other rounding (not bit for bit): pass --threads to pin it."""
+    process may run on, less the jobs running beside it now (other_jobs). A run resumed with another
+    thread count continues with other rounding (not bit for bit): pass --threads to pin it."""
     why = "--threads"
     if n is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         n, why = int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     if n is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        n, why = max(1, min(cores, round(cores - load))), f"{cores} cores, load {load:.1f}; --threads N to choose"
+        busy, measured = other_jobs()
+        n, why = max(1, min(cores, round(cores - busy))), f"{cores} cores, {measured}; --threads N to choose"
     if n < 1:
         raise UsageError(f"--threads {n}: give at least 1")
     torch.set_num_threads(n)

@@ -556,4 +556,6 @@ FAMILY = Family(
     # other 15% stay as they are, none is replaced by a random token (the generator's samples do that)
     masking=dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0),
     packed=False, position_offset=0,
-    discriminator=ElectraForPreTraining, discriminator_head="discriminator_predictions.")
+    discriminator=ElectraForPreTraining, discriminator_head="discriminator_predictions.",
+    tokenizer_vocab_field=True,       # ElectraConfig.tokenizer_vocab_size: the generator samples below it
+    embedding_projection="if_sizes_differ")   # embeddings_project, only when embedding_size != hidden_size

@@ -8,10 +8,11 @@ For every variant (by default `bert` and `electra`: train.py with the family's o
 pretraining budget in FLOPs, train.py pretrains on --data for the number of steps that spends the budget,
 and finetune.py fine-tunes the result on --train, scored on --dev. The no-pretraining baseline fine-tunes
 each family's architecture from random weights (finetune.py --random-init) on the same data. The FLOPs
-are counted as bench.py counts them (bench.flops_per_token: the useful matmul FLOPs of a training step,
-ELECTRA's generator and discriminator both), so a budget B gives each variant
+are counted as bench.py counts them, by the count each family declares (modeling.Family.flops_per_token:
+the useful matmul FLOPs of a training step, ELECTRA's generator and discriminator both), so a budget B
+gives each variant
 
-    steps = round(B / (flops_per_token(config, seq_len, objective) x batch_size x seq_len))
+    steps = round(B / (FAMILY.flops_per_token(config, seq_len, objective) x batch_size x seq_len))
 
 and the steps x FLOPs/step it really spent is what the table and the plot show. One tokenizer per kind is
 trained on --data once and shared by every run of that kind, so BERT and ELECTRA read the same ids.
@@ -20,7 +21,8 @@ train.py and finetune.py run as subprocesses through their command lines, --jobs
 command has not changed are reused from --out, so a curve can be extended a budget at a time. In --out
 (default runs/experiment):
 
-    results.json     every run: variant, family, budget, steps, FLOPs, dev score per seed, their mean
+    results.json     every run: variant, family, budget, steps, FLOPs, dev score per seed, their mean; its
+                     paths (data, runs) relative to --out, the folder it is written in
     curve.png        dev score against pretraining FLOPs, the baseline as a line (needs matplotlib)
     pretrain/NAME/   train.py run directories (--pretrain-dir), and tokenizers/: the shared tokenizers
     finetune/NAME-seedS/   finetune.py outputs; baseline/FAMILY: the architectures at random; logs/
@@ -38,7 +40,6 @@ a briefly pretrained one, by the books' own names and words).
 """
 import argparse
 import csv
-import importlib
 import json
 import os
 import random
@@ -50,22 +51,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import bench
 import data
 import tokenizer as tokenizers_lib
+from cli import FAMILIES, UsageError, load_family, parse_overrides
 
 HERE = Path(__file__).resolve().parent
-FAMILIES = ("bert", "roberta", "albert", "electra")
 # the train.py flags a variant may set that change what a step costs; the rest pass through untouched
 _COST_FLAGS = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 for _flag in ("--preset", "--objective", "--seq-len", "--batch-size", "--grad-accum", "--vocab-size", "--pad-vocab",
               "--mask-rate"):
     _COST_FLAGS.add_argument(_flag)
 _COST_FLAGS.add_argument("--set", action="append", default=[])
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, no traceback."""
 
 
 # ----------------------------------------------------------------------------- the KJV verse task
@@ -161,32 +157,15 @@ def prepare_kjv(text, out, n_train=1500, n_dev=500, min_words=8, seed=0, split_b
 
 # ----------------------------------------------------------------------------- FLOPs and steps
 
-def family_info(family):
-    """(config class, tokenizer kind, default objective) of a model file: its FAMILY declaration, or the
-    module constants of the files that predate it."""
-    module = importlib.import_module(family)
-    if hasattr(module, "FAMILY"):
-        f = module.FAMILY
-        return f.config, f.tokenizer_kind, f.default_objective
-    return (getattr(module, family.capitalize() + "Config"), module.TOKENIZER_KIND, module.DEFAULT_OBJECTIVE)
-
-
 def model_config(family, preset, vocab_size, overrides=()):
     """The config train.py builds for a new model: the preset, the (padded) vocabulary, --set overrides."""
-    config_cls = family_info(family)[0]
-    sets = {}
-    for pair in overrides:
-        k, _, v = pair.partition("=")
-        try:
-            sets[k] = json.loads(v)
-        except json.JSONDecodeError:
-            sets[k] = v
-    return config_cls.from_preset(preset, vocab_size=vocab_size, **sets)
+    return load_family(family).config.from_preset(preset, vocab_size=vocab_size, **parse_overrides(overrides))
 
 
 def flops_per_step(config, objective, seq_len, batch_size, grad_accum=1, mlm_fraction=0.15):
-    """bench.flops_per_token x the tokens of one optimizer step (batch x seq x accumulation)."""
-    return bench.flops_per_token(config, seq_len, objective, mlm_fraction) * batch_size * seq_len * grad_accum
+    """The family's flops_per_token x the tokens of one optimizer step (batch x seq x accumulation)."""
+    family = load_family(config.model_type)
+    return family.flops_per_token(config, seq_len, objective, mlm_fraction) * batch_size * seq_len * grad_accum
 
 
 def steps_for_budget(budget, step_flops):
@@ -218,7 +197,7 @@ class Variant:
 
 
 def objective_of(variant):
-    return variant.cost.objective or family_info(variant.family)[2]
+    return variant.cost.objective or load_family(variant.family).default_objective
 
 
 def plan_run(variant, budget, args, vocab_size):
@@ -305,7 +284,7 @@ def pretrain_and_finetune(args, run):
         stamp(folder, cmd)
     run["pretrain_s"], run["pretrain_dir"] = round(time.perf_counter() - t0, 1), str(folder)
     # the FLOPs planned must be those of the model train.py built
-    config = family_info(v.family)[0].from_dict(json.loads((folder / "config.json").read_text()))
+    config = load_family(v.family).config.from_dict(json.loads((folder / "config.json").read_text()))
     c = v.cost
     built = flops_per_step(config, objective_of(v), int(c.seq_len or args.seq_len), int(c.batch_size or args.batch_size),
                            int(c.grad_accum or 1), float(c.mask_rate or 0.15))
@@ -335,6 +314,12 @@ def _job(args, kind, item):
     return kind, item
 
 
+def relative_to(path, folder):
+    """`path` as seen from `folder` (e.g. ../../data/kjv/train.csv), so that results.json names no machine's
+    absolute paths."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+
+
 def run_experiment(args):
     files = data.resolve_data(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -344,7 +329,7 @@ def run_experiment(args):
         raise UsageError(f"variant names must differ: {names}")
     tokenizers = {}
     for v in variants:
-        kind = family_info(v.family)[1]
+        kind = load_family(v.family).tokenizer_kind
         vocab = int(v.cost.vocab_size or args.vocab_size)
         if (kind, vocab) not in tokenizers:
             tokenizers[kind, vocab] = shared_tokenizer(kind, vocab, files, args.pretrain_dir / "tokenizers")
@@ -382,12 +367,15 @@ def run_experiment(args):
             print(f"[{n}/{len(futures)}] {label}: dev {item['score']:.4f} +- {item['std']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    results = {"train": str(args.train), "dev": str(args.dev), "data": [str(f) for f in files],
+    rel = lambda path: relative_to(path, args.out)
+    results = {"paths": "relative to the folder this file was written in (--out)",
+               "train": rel(args.train), "dev": rel(args.dev), "data": [rel(f) for f in files],
                "preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
                "finetune_args": args.finetune_args, "seeds": args.seeds,
-               "flops": "bench.flops_per_token x batch_size x seq_len per optimizer step",
-               "baselines": [{k: (str(v) if k == "dir" else v) for k, v in b.items()} for b in baselines],
-               "runs": [{**{k: v for k, v in r.items() if k not in ("variant", "tokenizer")},
+               "flops": "FAMILY.flops_per_token x batch_size x seq_len per optimizer step",
+               "baselines": [{k: (rel(v) if k == "dir" else v) for k, v in b.items()} for b in baselines],
+               "runs": [{**{k: (rel(v) if k == "pretrain_dir" else v) for k, v in r.items()
+                            if k not in ("variant", "tokenizer")},
                          "variant": r["variant"].name, "family": r["variant"].family,
                          "train_args": r["variant"].args} for r in runs]}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -421,7 +409,7 @@ def results_table(results):
             r = cell.get((v, b))
             row += f"{fmt(r) + ' (' + str(r['steps']) + ')' if r else '':>{width}}"
         lines.append(f"{b:>10.3g}  {row}")
-    lines.append("(steps) = pretraining steps that spend the budget; FLOPs as bench.flops_per_token counts them")
+    lines.append("(steps) = pretraining steps that spend the budget; FLOPs as the family's flops_per_token counts them")
     return "\n".join(lines)
 
 
@@ -450,7 +438,7 @@ def plot(results, path):
         ax.set_xticks(flops, [f"{f:.2g}" for f in flops])
         ax.set_xlim(flops[0] / 1.5, flops[-1] * 1.5)
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("pretraining FLOPs (bench.flops_per_token)")
+    ax.set_xlabel("pretraining FLOPs (FAMILY.flops_per_token)")
     ax.set_ylabel(f"dev score ({Path(results['dev']).name})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

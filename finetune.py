@@ -48,7 +48,6 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -56,8 +55,8 @@ from typing import NamedTuple, Optional
 import torch
 
 import tokenizer as tokenizers_lib
-from cli import (FAMILIES, HelpFormatter, UsageError, add_threads_arg, load_family, lr_factor, make_optimizer,
-                 pick_device, progress, seed_everything, set_threads)
+from cli import (FAMILIES, HelpFormatter, UsageError, add_setup_args, load_family, lr_factor, make_optimizer,
+                 mixed_precision, pick_device, progress, seed_everything, set_threads)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -395,10 +394,7 @@ def finetune(args):
     device = pick_device(args.device)
     threads, why = set_threads(args.threads)
     seed_everything(args.seed)                      # the fresh head's init and the batch order follow --seed
-    if args.precision is None:
-        args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    args.precision, autocast, scaler = mixed_precision(args.precision, device)
 
     model, family = load_model(args.init_from, 1 if regression else len(classes), args.random_init)
     source = args.tokenizer or args.init_from
@@ -427,7 +423,6 @@ def finetune(args):
     schedule = argparse.Namespace(warmup=int(args.warmup_ratio * total), steps=total, schedule="linear")
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.layer_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.steps))
-    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
 
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "metrics.jsonl").open("w")
@@ -548,11 +543,7 @@ def parse_args(argv=None):
     p.add_argument("--layer-decay", type=float, help="ELECTRA's layer-wise lr decay, e.g. 0.8 (default: off)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0 = no clipping)")
     p.add_argument("--max-len", type=int, default=128, help="tokens per example, special tokens included")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                   help="fp16 uses a GradScaler (default: bf16 on a GPU that has it, else fp32)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    add_threads_arg(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_setup_args(p, seed_help="seeds the fresh head's weights and the batch order")
     p.add_argument("--out", help="output directory (default: runs/finetune/TASK; with several tasks, OUT/TASK)")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "max_len"):

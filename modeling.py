@@ -12,7 +12,8 @@ file, so that bert.py, roberta.py, albert.py and electra.py hold their architect
                    keys a checkpoint may lack (a new task head) and the keys never loaded (buffers, tied
                    copies). Writes are atomic; pickles are read only by torch.load(weights_only=True).
                    Also the sequence classifiers' loss, the same in every family.
-  Family           what the command-line tools need from a model file, declared once at its end
+  Family           what the command-line tools need from a model file, declared once at its end, and the
+                   FLOP count of a training step that follows from it (Family.flops_per_token)
 This file depends only on torch and safetensors.
 """
 import json
@@ -132,28 +133,45 @@ def atomic_write(path, write):
             os.unlink(tmp)
 
 
-def load_weights(file):
-    """{name: tensor} from one weights file. A pickle goes through torch.load(weights_only=True), whose
-    unpickler builds tensors and plain containers only: a file that would call anything else is refused."""
-    from safetensors.torch import load_file
+def _unreadable(file, e, holds, fix=None):
+    """The CheckpointError for `e`, raised while reading `file`, a file in which `holds` (e.g. "a weights file
+    holds only tensors"); `fix` says what to do instead of a weights file's advice."""
+    call = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if call:
+        return CheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where {holds}. "
+                               + (fix or "Do not load it unless you trust its source (then convert it to "
+                                         "model.safetensors)"))
+    reason = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split("\n")[0])
+    if isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(f"{file} is refused: it is not plain tensors that torch.load(weights_only=True) "
+                               f"can read ({reason.strip()}); it may be corrupt, or hold objects whose "
+                               "unpickling could run code" + (f". {fix}" if fix else ""))
+    return CheckpointError(f"{file} is corrupt or truncated ({type(e).__name__}: {reason[:200]}); "
+                           + (fix or "save or download it again"))
+
+
+def read_pickle(file, holds, fix=None):
+    """What torch.load(file, weights_only=True) reads onto the CPU: its unpickler builds tensors, numbers and
+    plain containers only, so a file that would call anything else is refused and never run. Any failure is a
+    CheckpointError naming the file and the problem (see _unreadable for `holds` and `fix`)."""
     try:
-        if file.suffix == ".safetensors":
-            state = load_file(file)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        call = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if call:
-            raise CheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where a "
-                                  "weights file holds only tensors. Do not load it unless you trust its source "
-                                  "(then convert it to model.safetensors)") from None
-        reason = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split("\n")[0])
-        if isinstance(e, pickle.UnpicklingError):
-            raise CheckpointError(f"{file} is refused: it is not plain tensors that torch.load(weights_only=True) "
-                                  f"can read ({reason.strip()}); it may be corrupt, or hold objects whose "
-                                  "unpickling could run code") from None
-        raise CheckpointError(f"{file} is corrupt or truncated ({type(e).__name__}: {reason[:200]}); "
-                              "save or download it again") from None
+        raise _unreadable(file, e, holds, fix) from None
+
+
+def load_weights(file):
+    """{name: tensor} from one weights file. A pickle goes through read_pickle (torch.load(weights_only=True)),
+    whose unpickler builds tensors and plain containers only: a file that would call anything else is refused."""
+    from safetensors.torch import load_file
+    holds = "a weights file holds only tensors"
+    if file.suffix == ".safetensors":
+        try:
+            state = load_file(file)
+        except Exception as e:
+            raise _unreadable(file, e, holds) from None
+    else:
+        state = read_pickle(file, holds)
     if not (isinstance(state, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
         raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict of named tensors")
     return state
@@ -336,13 +354,17 @@ def classification_loss(logits, labels, metrics):
 # ----------------------------------------------------------------------------- the family contract
 
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")       # tokenizer.py's kinds
+EMBEDDING_PROJECTIONS = ("never", "always", "if_sizes_differ")
 
 
 @dataclass(frozen=True)
 class Family:
-    """What train.py, finetune.py, predict.py and bench.py need from a model file, which declares ONE
-    at its end (`FAMILY = Family(...)`). Every field is required, so a file that leaves one out fails
-    when it is imported; the tools read these fields and nothing else of the module."""
+    """What the tools (train.py, finetune.py, predict.py, bench.py, experiment.py) need from a model file,
+    which declares ONE at its end (`FAMILY = Family(...)`). Every field is required, so a file that leaves
+    one out fails when it is imported; the tools read these fields (and flops_per_token, computed from
+    them) and nothing else of the module. The "rtd" objective, where a family has it, is a generator and
+    a discriminator: its model's `.generator` fills masks and `.replaced_token_detection(...)` returns
+    the replacements and verdicts that train.py shows."""
     name: str                         # the --model name, the module's name and config.json's model_type
     config: type                      # the config dataclass (from_preset, from_dict)
     pretraining: dict                 # --objective -> the model class train.py pretrains for it
@@ -356,6 +378,10 @@ class Family:
     position_offset: int              # rows of the position table no token uses: seq_len <= max_pos - offset
     discriminator: Optional[type]     # ELECTRA's replaced-token detector (predict.py --rtd), else None
     discriminator_head: Optional[str]  # weight-name prefix of its head, else None
+    tokenizer_vocab_field: bool       # its config has tokenizer_vocab_size, which train.py sets when it pads the
+                                      # vocabulary: ELECTRA's generator never samples the ids beyond it
+    embedding_projection: str         # the E -> H map after the embeddings: "never" (they are H wide), "always"
+                                      # (ALBERT's), "if_sizes_differ" (ELECTRA's, when embedding_size != hidden_size)
 
     def __post_init__(self):
         if self.default_objective not in self.pretraining:
@@ -367,3 +393,57 @@ class Family:
             raise ValueError(f"{self.name}: its config's model_type is {self.config.model_type!r}")
         if (self.discriminator is None) != (self.discriminator_head is None):
             raise ValueError(f"{self.name}: give discriminator and discriminator_head together, or neither")
+        if ("rtd" in self.pretraining) != (self.discriminator is not None):
+            raise ValueError(f"{self.name}: a family with the rtd objective has a discriminator, and one without "
+                             "has none")
+        if self.embedding_projection not in EMBEDDING_PROJECTIONS:
+            raise ValueError(f"{self.name}: embedding_projection {self.embedding_projection!r} is not one of "
+                             f"{EMBEDDING_PROJECTIONS}")
+
+    def flops_per_token(self, config, seq_len, objective=None, mlm_fraction=None, attn_len=None):
+        """USEFUL training FLOPs per token of `objective` (default: the family's) for a model of `config`,
+        the number bench.py's MFU and experiment.py's budgets use (biases, norms, activations, softmax and
+        the embedding lookups not counted; a FLOP is a multiply or an add, a matmul 2 per multiply-add):
+
+          encoder      6 x L x (4 H^2 + 2 H I) + 12 x L x T x H     (encoder_flops; ALBERT: its shared layer
+                       applied L times)
+          projection   + 6 x E x H                 the E -> H map, where embedding_projection says it runs
+          MLM head     + 6 x f x (H x E + E x V)   transform + vocabulary projection at the predicted fraction f
+                       of the tokens only (E = H where the embeddings are H wide): transformers computes the
+                       projection at every position, but only f of it is useful work
+          NSP / SOP    + 6 x (H^2 + 2 H) / seq_len  pooler + 2-way classifier, once per sequence
+          rtd          the generator (config.generator_config(): its H, I; same L, E and V) as above,
+                       + the discriminator's encoder and projection + 6 (H^2 + H) at EVERY token (its head)
+
+        f = mlm_fraction (default: the family's masking rate); T = attn_len, the keys a token attends to
+        (default seq_len; with padding, the mean over the real tokens); seq_len = tokens per sequence."""
+        objective = objective or self.default_objective
+        f = self.masking["mlm_probability"] if mlm_fraction is None else mlm_fraction
+        T = seq_len if attn_len is None else attn_len
+        E = config.hidden_size if self.embedding_projection == "never" else config.embedding_size
+        V = config.vocab_size
+
+        def projection(H):
+            runs = self.embedding_projection == "always" or (self.embedding_projection == "if_sizes_differ" and E != H)
+            return 6 * E * H if runs else 0
+
+        def masked_lm(c):                              # [E -> H] -> encoder -> MLM head (H -> E -> V) at f
+            H = c.hidden_size
+            return encoder_flops(c.num_hidden_layers, H, c.intermediate_size, T) + projection(H) + 6 * f * (H * E + E * V)
+
+        if objective == "rtd":
+            H = config.hidden_size
+            return (masked_lm(config.generator_config())
+                    + encoder_flops(config.num_hidden_layers, H, config.intermediate_size, T) + projection(H)
+                    + 6 * (H * H + H))
+        total = masked_lm(config)
+        if objective in ("mlm+nsp", "mlm+sop"):
+            H = config.hidden_size
+            total += 6 * (H * H + 2 * H) / seq_len
+        return total
+
+
+def encoder_flops(L, H, I, T):
+    """Training FLOPs per token of L transformer layers: 6 x matmul parameters (QKV + output 4H^2, FFN 2HI) for
+    forward (2) + backward (4), plus 12 L T H for the attention scores QK^T and the mix PV (2 T H each, x 3)."""
+    return 6 * L * (4 * H * H + 2 * H * I) + 12 * L * T * H

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 
 import tokenizer as tokenizers_lib
-from cli import FAMILIES, Filler, evaluating, fill_mask_ids, load_family, token_text
+from cli import FAMILIES, Filler, evaluating, fill_mask_ids, load_family, pick_device, token_text
 
 PLACEHOLDERS = ("[MASK]", "<mask>")      # accepted for any tokenizer; rewritten to its own mask token
 
@@ -249,7 +249,7 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=0.5, help="--rtd: p_replaced above which a token is "
                    "called replaced (default 0.5)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default 16)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when there is one, else cpu)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available: cuda, mps, else cpu)")
     args = p.parse_intermixed_args(argv)                      # flags may come after the texts
     if args.top_k < 1 or args.batch_size < 1:
         p.error("-k and --batch-size must be at least 1")
@@ -288,7 +288,7 @@ def _print_verdicts(number, text, verdicts, threshold):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(args.device)
     except RuntimeError as e:
         raise PredictError(f"--device {args.device!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():

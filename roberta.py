@@ -385,4 +385,4 @@ FAMILY = Family(
     masking=dict(mlm_probability=0.15, mask_ratio=0.8, random_ratio=0.1),  # BERT's, redrawn each epoch (dynamic)
     packed=True,                      # FULL-SENTENCES: rows packed with contiguous sentences, no padding
     position_offset=2,                # positions 0..padding_idx never hold a token: seq_len <= max_pos - 2
-    discriminator=None, discriminator_head=None)
+    discriminator=None, discriminator_head=None, tokenizer_vocab_field=False, embedding_projection="never")

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import sys
@@ -33,10 +32,11 @@ import numpy as np
 import torch
 
 import data
+import modeling
 import tokenizer as tokenizers_lib
-from cli import (FAMILIES, HelpFormatter, UsageError, add_threads_arg, load_family, lr_factor, make_optimizer,
-                 parse_overrides, pick_device, progress, seed_everything, set_threads, show_fill_mask,
-                 show_replaced_tokens)
+from cli import (FAMILIES, HelpFormatter, UsageError, add_setup_args, load_family, lr_factor, make_optimizer,
+                 mixed_precision, parse_overrides, pick_device, progress, seed_everything, set_threads,
+                 show_fill_mask, show_replaced_tokens)
 
 # Per-family defaults for the flags left unset: sized so that the default run finishes on a
 # 2-core laptop CPU in a few minutes. On a GPU pass --preset base and a real --steps.
@@ -101,8 +101,6 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear", help="decay after warm-up")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (not on biases and norms)")
     p.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0 = no clipping)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                   help="fp16 uses a GradScaler (default: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--eval-every", type=int, default=100, help="steps between held-out evaluations")
     p.add_argument("--eval-batches", type=int, default=10, help="held-out batches per evaluation")
@@ -112,9 +110,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="run directory (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--init-from", help="start from the weights of a Hugging Face checkpoint directory")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the data order, the masks and dropout")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    add_threads_arg(p)
+    add_setup_args(p, seed_help="seeds the initial weights, the data order, the masks and dropout")
     p.add_argument("--show", type=int, default=4, help="held-out examples shown at the end")
     p.add_argument("--max-bad-steps", type=int, default=10,
                    help="consecutive steps with a non-finite loss or gradient (each one skipped) before the run stops")
@@ -133,6 +129,7 @@ def parse_args(argv=None):
     if args.mask_rate is not None and not 0 < args.mask_rate < 1:
         raise UsageError(f"--mask-rate {args.mask_rate}: the share of tokens masked must lie strictly between 0 and 1, "
                          "e.g. 0.15 (BERT) or 0.3 (MosaicBERT)")
+    args.mask_rate = mask_rate(args.mask_rate, args.model)        # the run saves the rate it masks at
     if args.ngram < 1:
         raise UsageError(f"--ngram {args.ngram}: the longest masked span must be at least 1 (1 = single words or "
                          "tokens; ALBERT uses 3)")
@@ -140,6 +137,11 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- setup
+
+def mask_rate(rate, model):
+    """--mask-rate, else (None: the flag not given, or a run saved before the default was resolved) the family's."""
+    return load_family(model).masking["mlm_probability"] if rate is None else rate
+
 
 def setup_distributed(args):
     """(rank, world_size, device) under torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK), else (0, 1, device).
@@ -249,9 +251,7 @@ def load_corpus(args, family, tokenizer_from=None):
 def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, world_size=1):
     """The batches of `objective` over `corpus`, with the family's masking and packing: RoBERTa's rows
     are packed (attending across documents, as published); --pack packs any family's, documents apart."""
-    masking = dict(family.masking)
-    if args.mask_rate is not None:                                       # --mask-rate, else the family's rate
-        masking["mlm_probability"] = args.mask_rate
+    masking = {**family.masking, "mlm_probability": mask_rate(args.mask_rate, args.model)}
     try:
         words = data.word_start_table(tok) if args.whole_word_mask else None
     except ValueError as e:
@@ -299,7 +299,10 @@ def latest_checkpoint(run_dir):
 
 
 def check_resume_args(args, saved):
-    """A resumed run keeps its own settings; only RESUME_MAY_CHANGE flags may be given anew."""
+    """A resumed run keeps its own settings; only RESUME_MAY_CHANGE flags may be given anew. A run saved with
+    mask_rate None (before the default was resolved) masked at the family's rate, and compares as that."""
+    if "mask_rate" in saved:
+        saved = {**saved, "mask_rate": mask_rate(saved["mask_rate"], saved.get("model", args.model))}
     clashes = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (the run used {saved[k]!r})"
                for k in sorted(args.given - RESUME_MAY_CHANGE)
                if k in saved and getattr(args, k) != saved[k]]
@@ -354,14 +357,12 @@ def main(argv=None):
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             raise UsageError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        try:
-            state = torch.load(resume_from / "training_state.pt", map_location="cpu", weights_only=True)
-        except Exception as e:                   # a pickle that is not plain data is refused, never run
-            call = re.search(r"GLOBAL ([\w.]+)", str(e))
-            why = (f"loading it would call {call[1]}, i.e. run code, where a training state holds only tensors "
-                   "and numbers" if call else f"it is corrupt or truncated ({str(e).splitlines()[0][:200]})")
-            raise UsageError(f"{resume_from / 'training_state.pt'} is refused: {why}; resume from an earlier "
-                             "checkpoint (move this one out of checkpoints/) or start again") from None
+        try:                                     # a pickle that is not plain data is refused, never run
+            state = modeling.read_pickle(resume_from / "training_state.pt", "a training state holds only tensors and "
+                                         "numbers", "Resume from an earlier checkpoint (move this one out of "
+                                         "checkpoints/) or start again")
+        except modeling.CheckpointError as e:
+            raise UsageError(str(e)) from None
         if state["args"].get("world_size", 1) != world:
             raise UsageError(f"--resume: the run used {state['args'].get('world_size', 1)} process(es), this one "
                              f"{world}: resume with the same torchrun --nproc_per_node x --nnodes")
@@ -369,10 +370,7 @@ def main(argv=None):
 
     objective = args.objective = check_objective(args, family)
     seed_everything(args.seed + rank)                        # ranks draw different dropout masks
-    if args.precision is None:
-        args.precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    args.precision, autocast, scaler = mixed_precision(args.precision, device)
 
     # -- data and tokenizer (with torchrun, rank 0 builds the caches first, the others then read them)
     if rank != 0:
@@ -393,7 +391,7 @@ def main(argv=None):
             vocab = -(-tok.vocab_size // args.pad_vocab) * args.pad_vocab
             # a config that samples from its vocabulary (ELECTRA's) learns where the tokenizer's ends
             padding = ({"tokenizer_vocab_size": tok.vocab_size}
-                       if vocab > tok.vocab_size and hasattr(config_cls, "tokenizer_vocab_size") else {})
+                       if vocab > tok.vocab_size and family.tokenizer_vocab_field else {})
             config = config_cls.from_preset(args.preset, vocab_size=vocab, pad_token_id=tok.pad_id,
                                             **padding, **parse_overrides(args.set))
             model = model_cls(config)
@@ -403,15 +401,14 @@ def main(argv=None):
     if tok.vocab_size > vocab:
         raise UsageError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary has {vocab}: "
                          "use the tokenizer that came with the checkpoint (--tokenizer CHECKPOINT_DIR)")
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and args.seq_len > max_pos - family.position_offset:
+    max_pos = model.config.max_position_embeddings
+    if args.seq_len > max_pos - family.position_offset:
         raise UsageError(f"--seq-len {args.seq_len} is longer than the model's {max_pos} positions")
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     # the fused AdamW kernel (one pass over all the parameters) exists for CUDA and the CPU
     optimizer = make_optimizer(model, args.lr, args.weight_decay, fused=device.type in ("cuda", "cpu"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, args.warmup, args.steps, args.schedule))
-    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -578,8 +575,9 @@ def main(argv=None):
                                      for k in last_eval if k in first_eval))
     say(f"saved {run_dir} (model + tokenizer, Hugging Face layout) and {run_dir / 'metrics.jsonl'}")
     if args.show and rank == 0:
-        show_fill_mask(getattr(model, "generator", model), tok, val_batches, device, args.show)
-        if hasattr(model, "replaced_token_detection"):
+        rtd = objective == "rtd"                    # the Family contract: a generator and a discriminator
+        show_fill_mask(model.generator if rtd else model, tok, val_batches, device, args.show)
+        if rtd:
             show_replaced_tokens(model, tok, val_batches, device, args.show)
         print(f"\nyour own text: python predict.py {run_dir} \"The {tok.mask_token} of the function.\"")
     return model

@@ -189,8 +189,8 @@ def test_flops_per_token_bert_base_by_hand():
     expected = 509_607_936 + 14_155_776 + 21_627_648 + 27_720
     assert expected == 545_419_080
     config = bert.BertConfig.from_preset("base")
-    assert bench.flops_per_token(config, 128) == pytest.approx(expected, rel=1e-12)
+    assert bert.FAMILY.flops_per_token(config, 128) == pytest.approx(expected, rel=1e-12)
     # the plain MLM objective has no pooler/NSP term; padding shortens only the attention term
-    assert bench.flops_per_token(config, 128, "mlm") == pytest.approx(expected - 27_720, rel=1e-12)
-    assert bench.flops_per_token(config, 128, "mlm", attn_len=64) == pytest.approx(
+    assert bert.FAMILY.flops_per_token(config, 128, "mlm") == pytest.approx(expected - 27_720, rel=1e-12)
+    assert bert.FAMILY.flops_per_token(config, 128, "mlm", attn_len=64) == pytest.approx(
         expected - 27_720 - 12 * 12 * 64 * 768, rel=1e-12)

@@ -1,4 +1,5 @@
-"""cli.py: the thread count, the progress display, --help, the schedule and the optimizer groups."""
+"""cli.py: the thread count, the setup flags and mixed precision, the progress display, --help, the schedule and
+the optimizer groups."""
 import io
 import os
 
@@ -16,23 +17,76 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("cores, load, want", [(2, 0.1, 2), (2, 0.9, 1), (2, 1.6, 1), (2, 5.0, 1), (8, 2.2, 6),
-                                                (8, 0.0, 8), (1, 0.0, 1)])
-def test_default_threads_are_the_free_cores(monkeypatch, restore_threads, cores, load, want):
+def fake_proc_stat(monkeypatch, tmp_path, running):
+    """A /proc/stat whose procs_running says `running` tasks are runnable now (this process among them)."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  2255 34 2290 22625563 6290 127 456 0 0 0\nintr 114930548 113199788 3\nctxt 1990473\n"
+                    f"btime 1062191376\nprocesses 2915\nprocs_running {running}\nprocs_blocked 0\n")
+    monkeypatch.setattr(cli, "PROC_STAT", str(stat))
+
+
+@pytest.mark.parametrize("cores, running, want", [(2, 1, 2), (2, 2, 1), (2, 3, 1), (2, 9, 1), (8, 3, 6),
+                                                   (8, 1, 8), (1, 1, 1)])
+def test_default_threads_are_the_cores_free_now(monkeypatch, tmp_path, restore_threads, cores, running, want):
+    """The other jobs are counted as they run at this moment (procs_running less this process), not by the
+    1-minute load average, which would still hold a job that has just ended."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0), raising=False)   # a job that just ended
+    fake_proc_stat(monkeypatch, tmp_path, running)
+    n, why = cli.set_threads()
+    assert n == want == torch.get_num_threads()
+    assert why == f"{cores} cores, {running - 1} other job(s) running; --threads N to choose"
+
+
+@pytest.mark.parametrize("cores, load, want", [(2, 0.1, 2), (2, 0.9, 1), (8, 2.2, 6)])
+def test_without_proc_the_load_average_stands_in(monkeypatch, tmp_path, restore_threads, cores, load, want):
+    """macOS has no /proc/stat: the 1-minute load average is what there is."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0), raising=False)
+    monkeypatch.setattr(cli, "PROC_STAT", str(tmp_path / "no-such-file"))
     n, why = cli.set_threads()
     assert n == want == torch.get_num_threads() and f"{cores} cores, load {load:.1f}" in why
+    (tmp_path / "stat").write_text("cpu  1 2 3 4\n")                       # a /proc/stat without the line
+    monkeypatch.setattr(cli, "PROC_STAT", str(tmp_path / "stat"))
+    assert cli.other_jobs() == (load, f"load {load:.1f}")
 
 
-def test_threads_flag_and_environment_win(monkeypatch, restore_threads):
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+def test_threads_flag_and_environment_win(monkeypatch, tmp_path, restore_threads):
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0), raising=False)
+    fake_proc_stat(monkeypatch, tmp_path, 9)
     assert cli.set_threads(2)[0] == 2 == torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cli.set_threads() == (1, "OMP_NUM_THREADS")
     with pytest.raises(cli.UsageError, match="--threads 0: give at least 1"):
         cli.set_threads(0)
+
+
+@pytest.mark.parametrize("tool", ["train", "finetune", "bench"])
+def test_the_tools_take_the_same_setup_flags(tool):
+    """--device, --precision, --threads and --seed come from cli.add_setup_args in every training tool."""
+    module = __import__(tool)
+    argv = (["--model", "bert"] if tool != "finetune" else ["--task", "sst2", "--init-from", "x"])
+    args = module.parse_args(argv + ["--device", "cpu", "--precision", "bf16", "--threads", "3", "--seed", "7"])
+    assert (args.device, args.precision, args.threads, args.seed) == ("cpu", "bf16", 3, 7)
+    defaults = module.parse_args(argv)
+    assert (defaults.device, defaults.precision, defaults.threads, defaults.seed) == (None, None, None, 0)
+    with pytest.raises(SystemExit):
+        module.parse_args(argv + ["--precision", "fp8"])
+
+
+def test_mixed_precision_sets_up_autocast_and_the_scaler():
+    fp32 = cli.mixed_precision(None, torch.device("cpu"))                # no GPU: fp32, nothing to enter
+    assert fp32.name == "fp32" and fp32.scaler is None and not isinstance(fp32.autocast, torch.autocast)
+    bf16 = cli.mixed_precision("bf16", "cpu")
+    assert isinstance(bf16.autocast, torch.autocast) and bf16.scaler is None
+    with bf16.autocast:                                                  # reusable: entered twice
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == torch.bfloat16
+    with bf16.autocast:
+        assert torch.is_autocast_enabled("cpu")
+    fp16 = cli.mixed_precision("fp16", "cpu")
+    assert isinstance(fp16.scaler, torch.amp.GradScaler)
 
 
 def test_progress_in_a_file_is_a_few_plain_lines(capsys):

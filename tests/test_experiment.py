@@ -165,6 +165,12 @@ def test_experiment_end_to_end(task, tmp_path, capsys):
     for b in saved["baselines"]:
         ft = json.loads((out / "finetune" / f"baseline-{b['family']}-seed0" / "results.json").read_text())
         assert ft["args"]["random_init"] and ft["score"] == b["score"]
+    # the paths are relative to --out (no machine's absolute paths), and lead to the files from there
+    assert (out / saved["train"]).resolve() == (task / "train.csv").resolve() and not saved["train"].startswith("/")
+    assert [(out / d).resolve() for d in saved["data"]] == [(task / "corpus.txt").resolve()]
+    assert sorted(b["dir"] for b in saved["baselines"]) == ["baseline/bert", "baseline/electra"]
+    assert [r["pretrain_dir"] for r in saved["runs"]] == [f"pretrain/{r['name']}" for r in saved["runs"]]
+    assert str(out) not in (out / "results.json").read_text() and str(task) not in (out / "results.json").read_text()
     # one shared tokenizer: BERT and ELECTRA read the same ids
     assert len(list((out / "pretrain" / "tokenizers").iterdir())) == 1
     table = experiment.results_table(saved)

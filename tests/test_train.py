@@ -111,6 +111,30 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(corpus, tmp_path
     assert (out / "checkpoints" / "step_0000010").exists()
 
 
+def test_resume_takes_the_default_mask_rate_given_explicitly(corpus, tmp_path):
+    """A run started without --mask-rate masked at the family's 0.15 and saved that rate: resuming it with
+    --mask-rate 0.15 is the same setting, --mask-rate 0.3 a change. A run saved before the default was
+    resolved (mask_rate None) compares the same way."""
+    out = tmp_path / "run"
+    train.main(base_args(corpus, out, **{"--steps": "4", "--save-every": "2", "--keep": "3", "--show": "0"}))
+    state_file = out / "checkpoints" / "step_0000004" / "training_state.pt"
+    assert torch.load(state_file, weights_only=True)["args"]["mask_rate"] == 0.15
+    with pytest.raises(train.UsageError, match=r"--mask-rate 0.3 \(the run used 0.15\)"):
+        train.main(base_args(corpus, out, **{"--steps": "6", "--mask-rate": "0.3", "--resume": True}))
+    train.main(base_args(corpus, out, **{"--steps": "6", "--save-every": "2", "--keep": "3", "--show": "0",
+                                         "--mask-rate": "0.15", "--resume": True}))
+    # an older run's checkpoint, with the rate saved as None
+    older = torch.load(out / "checkpoints" / "step_0000006" / "training_state.pt", weights_only=True)
+    older["args"]["mask_rate"] = None
+    torch.save(older, out / "checkpoints" / "step_0000006" / "training_state.pt")
+    with pytest.raises(train.UsageError, match=r"--mask-rate 0.3 \(the run used 0.15\)"):
+        train.main(base_args(corpus, out, **{"--steps": "8", "--mask-rate": "0.3", "--resume": True}))
+    train.main(base_args(corpus, out, **{"--steps": "8", "--save-every": "2", "--keep": "5", "--show": "0",
+                                         "--mask-rate": "0.15", "--resume": True}))
+    assert torch.load(out / "checkpoints" / "step_0000008" / "training_state.pt",
+                      weights_only=True)["args"]["mask_rate"] == 0.15
+
+
 def test_mlm_objective_and_init_from(corpus, tmp_path):
     out = tmp_path / "mlm"
     train.main(base_args(corpus, out, **{"--objective": "mlm", "--steps": "5", "--show": "0"}))
