@@ -13,10 +13,14 @@ and the model named by --model is pretrained with its objective. Everything land
     runs/bert/metrics.jsonl                                    one JSON record per log step / evaluation
     runs/bert/checkpoints/step_0001000/                        model + tokenizer + training_state.pt
 
-Every checkpoint directory is written under a temporary name and renamed when complete, so a
-kill at any moment leaves the last complete checkpoint intact; --resume continues from it.
+Every checkpoint directory is written under a temporary name, its manifest.json (each file's size and
+SHA-256) last, and renamed when complete, so a kill at any moment leaves the last complete checkpoint
+intact; --resume continues from the newest one that matches its manifest (--resume auto: or starts
+fresh when there is none yet, so one command serves every launch of `torchrun --max-restarts`), also
+on another number of processes, with the accumulation adjusted to keep the global batch.
 """
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -108,7 +112,10 @@ def parse_args(argv=None):
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept in OUT/checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl records")
     p.add_argument("--out", help="run directory (default: runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--resume", nargs="?", const="last", choices=("last", "auto"), default=None,
+                   help="continue from the newest good checkpoint in --out (an error if there is none); "
+                        "--resume auto: the same, or start fresh when --out has no checkpoint yet: one command "
+                        "for the first launch and every restart (torchrun --max-restarts)")
     p.add_argument("--init-from", help="start from the weights of a Hugging Face checkpoint directory")
     add_setup_args(p, seed_help="seeds the initial weights, the data order, the masks and dropout")
     p.add_argument("--show", type=int, default=4, help="held-out examples shown at the end")
@@ -158,7 +165,12 @@ def setup_distributed(args):
     elif device.type != "cpu":
         raise UsageError(f"torchrun on {device.type} is not supported: use CUDA GPUs or --device cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # The keys of each torchrun attempt under their own prefix: a restarted group shares the launcher's
+        # store with the processes it replaces, and must not read the addresses they left there.
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                store=dist.PrefixStore(f"train.py/attempt_{attempt}", store))
     return rank, world, device
 
 
@@ -261,13 +273,15 @@ def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, worl
                                     rank=rank, world_size=world_size)
 
 
-# ----------------------------------------------------------------------------- optimizer and schedule
-
 # ----------------------------------------------------------------------------- checkpoints
 
+MANIFEST = "manifest.json"      # every file of a checkpoint with its size and SHA-256, written last
+
+
 def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args, rng=None):
-    """OUT/checkpoints/step_N/ written as a temp dir then renamed; then the model is exported to OUT.
-    `rng`: the RNG states of every process (a list, rank order); default: this process's."""
+    """OUT/checkpoints/step_N/ written as a temp dir (its manifest last, every file synced) then renamed;
+    then the model is exported to OUT. `rng`: the RNG states of every process (a list, rank order);
+    default: this process's. --keep prunes the oldest, never the one just written."""
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:                                        # never write a broken model over a good checkpoint
         raise TrainingStopped(f"step {step}: not saving, weights are not finite ({', '.join(bad[:3])}, ...); "
@@ -281,21 +295,155 @@ def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, arg
     tok.save(tmp)
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng or [rng_state()],
-             "args": {k: v for k, v in vars(args).items() if k != "given"}}
+             "args": {k: v for k, v in vars(args).items() if k != "given"}, "manifest": True}
     torch.save(state, tmp / "training_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
+    write_manifest(tmp)
+    if final.exists():            # a bad checkpoint of this step that a resume skipped: set aside, not deleted
+        aside = ckpts / f"replaced-{final.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.replace(final, aside)
+        print(f"{final} was there already (skipped as not good when resuming); moved it to {aside}")
     os.replace(tmp, final)                                   # the checkpoint exists only once complete
+    _fsync(ckpts)
     for old in sorted(ckpts.glob("step_*"))[:-args.keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:                  # the one just written is the last good one, whatever sorts after it
+            shutil.rmtree(old, ignore_errors=True)
     model.save_pretrained(run_dir)                           # the latest model, loadable with from_pretrained
     tok.save(run_dir)
     return final
 
 
+def _fsync(path):
+    """Flush a file, or a folder's entries, to the disk (a folder where the OS allows it: not on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if Path(path).is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder):
+    """folder/manifest.json: {"files": {relative path: {"bytes", "sha256"}}}, after syncing every file to
+    disk; written under a temporary name and renamed, so a manifest is either whole or absent."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != MANIFEST)
+    for p in files:
+        _fsync(p)
+    manifest = {"files": {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                          for p in files}}
+    tmp = Path(folder) / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, Path(folder) / MANIFEST)
+    _fsync(folder)
+
+
+def check_manifest(folder):
+    """None if every file that folder/manifest.json lists has its size and SHA-256, else what is wrong
+    ("no manifest.json" when there is none)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return f"no {MANIFEST}"
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__})"
+    for name, want in files.items():
+        p = Path(folder) / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want["bytes"]:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['bytes']}"
+    for name, want in files.items():                      # sizes first: they are cheap
+        if _sha256(Path(folder) / name) != want["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
 def latest_checkpoint(run_dir):
     ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*"))
     return ckpts[-1] if ckpts else None
+
+
+TRAINING_STATE = ("a training state holds only tensors and numbers",
+                  "Resume from an earlier checkpoint (move this one out of checkpoints/) or start again")
+
+
+def _read_state(ckpt):
+    """(training state, None) or (None, why it cannot be read); a state made to run code is a UsageError."""
+    try:
+        return modeling.read_pickle(ckpt / "training_state.pt", *TRAINING_STATE), None
+    except modeling.CheckpointError as e:
+        if "loading it would call" in str(e):               # not a bad disk: a file crafted to run code
+            raise UsageError(str(e)) from None
+        return None, str(e)
+
+
+def newest_good_checkpoint(run_dir, say):
+    """(checkpoint dir, its training state) of the newest checkpoint that verifies; (None, None) when there is
+    no checkpoint at all. A checkpoint whose manifest is missing or does not match, or whose training state
+    cannot be read, is skipped with one line saying why (and left where it is); one written before
+    checkpoints carried manifests is used unverified. A training state that would run code stops the resume."""
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*"), reverse=True)
+    skipped = []
+    for ckpt in ckpts:
+        problem = check_manifest(ckpt)
+        state, unreadable = _read_state(ckpt) if (ckpt / "training_state.pt").is_file() else (None, None)
+        if problem == f"no {MANIFEST}" and state is not None and not state.get("manifest"):
+            say(f"{ckpt.name}: no {MANIFEST} (saved before checkpoints carried one): resuming it unverified")
+            problem = None
+        elif problem == f"no {MANIFEST}" and state is not None:
+            problem = f"its {MANIFEST} is missing (it was written with one)"
+        problem = problem or unreadable
+        if problem is None:
+            return ckpt, state
+        say(f"--resume: skipping {ckpt}: {problem}")
+        skipped.append(f"{ckpt.name} ({problem})")
+    if skipped:
+        raise UsageError(f"--resume: no good checkpoint in {Path(run_dir) / 'checkpoints'}: {'; '.join(skipped)}. "
+                         "Nothing was removed; restore a good copy there, or start again in another --out")
+    return None, None
+
+
+def fit_world(args, saved, world):
+    """On resume on `world` processes: the --batch-size and --grad-accum that keep the run's global batch
+    (batch x accumulation x processes): the accumulation adjusted to the new world size, or the values
+    given now where they keep them. Returns (batch size, accumulation, what changed: '' if nothing)."""
+    was, b0, a0 = saved.get("world_size", 1), saved["batch_size"], saved["grad_accum"]
+    total = b0 * a0 * was
+    b = args.batch_size if "batch_size" in args.given else b0
+    a = args.grad_accum if "grad_accum" in args.given else (total // (b * world) if total % (b * world) == 0 else 0)
+    args.given -= {"batch_size", "grad_accum"}               # settled here: not clashes for check_resume_args
+    if b * a * world != total:
+        keep = [f"--grad-accum {total // (b0 * world)}"] if total % (b0 * world) == 0 else []
+        keep += [f"--batch-size {x} --grad-accum {total // (x * world)}" for x in range(b0 - 1, 0, -1)
+                 if total % (x * world) == 0][:2]
+        procs = ", ".join(str(w) for w in range(1, total + 1) if total % (w * b0) == 0)
+        tried = f"{b} x {a} x {world}" if a else f"batch {b} on {world} process(es)"
+        raise UsageError(f"--resume: the run's global batch is {b0} x {a0} x {was} process(es) = {total} sequences a "
+                         f"step; {tried} cannot keep it (the learning rate and schedule were set for it). On {world} "
+                         "process(es), keep it with " + (" or ".join(keep) if keep else
+                                                         f"no batch size; with --batch-size {b0}, use {procs} processes"))
+    if (b, a, world) == (b0, a0, was):
+        return b, a, ""
+    what = ("the same examples and masks in every step" if b == b0 else "the same examples in every step, their masks "
+            f"and sentence pairs drawn anew (they are seeded per batch of {b})")
+    change = (f"{was} -> {world} process(es): " if world != was else "") + f"--grad-accum {a0} -> {a}"
+    change += (f", --batch-size {b0} -> {b}" if b != b0 else "") + f" keep {total} sequences a step, {what}"
+    return b, a, change
 
 
 def check_resume_args(args, saved):
@@ -352,21 +500,33 @@ def main(argv=None):
     args.world_size = world
 
     # -- resume: the run's own settings come back, then the same code path as a fresh run
-    resume_from, state = None, None
+    resume_from, state, resized = None, None, ""
     if args.resume:
-        resume_from = latest_checkpoint(run_dir)
-        if resume_from is None:
-            raise UsageError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume")
-        try:                                     # a pickle that is not plain data is refused, never run
-            state = modeling.read_pickle(resume_from / "training_state.pt", "a training state holds only tensors and "
-                                         "numbers", "Resume from an earlier checkpoint (move this one out of "
-                                         "checkpoints/) or start again")
-        except modeling.CheckpointError as e:
-            raise UsageError(str(e)) from None
-        if state["args"].get("world_size", 1) != world:
-            raise UsageError(f"--resume: the run used {state['args'].get('world_size', 1)} process(es), this one "
-                             f"{world}: resume with the same torchrun --nproc_per_node x --nnodes")
-        check_resume_args(args, state["args"])
+        choice = None
+        if rank == 0:                  # rank 0 verifies and chooses; every process resumes that checkpoint
+            try:
+                resume_from, state = newest_good_checkpoint(run_dir, say)
+                choice = resume_from
+            except UsageError as e:
+                choice = e
+        if world > 1:
+            box = [choice]
+            torch.distributed.broadcast_object_list(box, src=0)
+            choice = box[0]
+        if isinstance(choice, Exception):
+            raise choice
+        resume_from = choice
+        if resume_from is not None and state is None:        # the other processes read what rank 0 verified
+            state, problem = _read_state(resume_from)
+            if problem:
+                raise UsageError(problem)
+        if resume_from is None and args.resume != "auto":
+            raise UsageError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; start without --resume, or "
+                             "with --resume auto (start fresh when there is none yet, continue when there is)")
+        if resume_from is not None:
+            batch_size, grad_accum, resized = fit_world(args, state["args"], world)
+            check_resume_args(args, state["args"])
+            args.batch_size, args.grad_accum, args.world_size = batch_size, grad_accum, world
 
     objective = args.objective = check_objective(args, family)
     seed_everything(args.seed + rank)                        # ranks draw different dropout masks
@@ -416,7 +576,8 @@ def main(argv=None):
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        set_rng_state(rngs[rank])
+        if rank < len(rngs):              # a process added by a resize keeps its fresh seed (seed + rank)
+            set_rng_state(rngs[rank])
         step = state["step"]
     ddp = None
     if world > 1:          # DDP averages the gradients across processes during the last micro-step's backward
@@ -436,7 +597,9 @@ def main(argv=None):
         elif metrics_path.exists():
             metrics_path.unlink()                             # a fresh run in an old directory
     if resume_from:
-        say(f"resuming {resume_from} at step {step}")
+        say(f"resuming {resume_from} at step {step}" + (f" ({resized})" if resized else ""))
+    elif args.resume:
+        say(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'} yet, starting fresh")
     log = metrics_path.open("a") if rank == 0 else None
 
     def record(rec):

@@ -257,12 +257,21 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(corpus, 
     assert_same_run(ddp, resumed)
 
 
-def test_resume_with_another_number_of_processes_is_refused(corpus, tmp_path):
+def test_resume_on_another_number_of_processes_keeps_the_global_batch(corpus, tmp_path, capsys):
+    """A run saved by 4 processes (batch 8, no accumulation) resumes in 1 process with --grad-accum 4, and
+    says so; a --grad-accum that would change the global batch is refused, naming the one that keeps it.
+    (tests/test_elastic.py resizes real torchrun jobs and compares the examples of every step.)"""
     out = tmp_path / "run"
     train.main(base_args(corpus, out, **{**COMMON, "--steps": "5"}))
-    state_path = out / "checkpoints" / "step_0000005" / "training_state.pt"
-    state = torch.load(state_path, weights_only=True)
+    ckpt = out / "checkpoints" / "step_0000005"
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)
     state["args"]["world_size"] = 4
-    torch.save(state, state_path)
-    with pytest.raises(train.UsageError, match="the run used 4 process.*torchrun"):
-        train.main(base_args(corpus, out, **{**COMMON, "--steps": "10", "--resume": True}))
+    torch.save(state, ckpt / "training_state.pt")
+    train.write_manifest(ckpt)
+    with pytest.raises(train.UsageError, match=r"8 x 1 x 4 process\(es\) = 32 sequences.*--grad-accum 4"):
+        train.main(base_args(corpus, out, **{**COMMON, "--steps": "10", "--grad-accum": "3", "--resume": True}))
+    capsys.readouterr()
+    train.main(base_args(corpus, out, **{**COMMON, "--steps": "6", "--resume": True}))
+    assert "4 -> 1 process(es): --grad-accum 1 -> 4 keep 32 sequences a step" in capsys.readouterr().out
+    assert torch.load(out / "checkpoints" / "step_0000006" / "training_state.pt",
+                      weights_only=True)["args"]["grad_accum"] == 4

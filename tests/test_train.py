@@ -1,5 +1,6 @@
 """train.py end to end on a tiny corpus: it trains, logs, checkpoints, resumes exactly, and
 turns bad input into one clear error."""
+import contextlib
 import importlib
 import json
 import random
@@ -46,6 +47,22 @@ def base_args(corpus, out, model="bert", **kw):
     return [x for k, v in args.items() for x in ((k,) if v is True else (k, v))]
 
 
+@contextlib.contextmanager
+def killed_after_checkpoint(at):
+    """Within it, train.main is "killed" (KeyboardInterrupt) right after it writes the step-`at` checkpoint."""
+    real_save = train.save_checkpoint
+
+    def save_then_die(run_dir, step, *a, **k):
+        real_save(run_dir, step, *a, **k)
+        if step == at:
+            raise KeyboardInterrupt
+    train.save_checkpoint = save_then_die
+    try:
+        yield
+    finally:
+        train.save_checkpoint = real_save
+
+
 def records(out):
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -71,7 +88,7 @@ def test_smoke_run_trains_logs_and_saves(corpus, tmp_path, capsys):
     assert "held-out:" in printed and "fill-mask" in printed
 
 
-def test_resume_is_exact(corpus, tmp_path, monkeypatch):
+def test_resume_is_exact(corpus, tmp_path):
     """Stopping after the step-10 checkpoint and resuming gives the same weights and metrics
     as running straight through (CPU, fp32)."""
     common = {"--steps": "20", "--save-every": "10", "--eval-every": "10", "--show": "0"}
@@ -79,16 +96,8 @@ def test_resume_is_exact(corpus, tmp_path, monkeypatch):
     train.main(base_args(corpus, straight, **common))
 
     interrupted = tmp_path / "interrupted"
-    real_save = train.save_checkpoint
-
-    def save_then_die(run_dir, step, *a, **k):
-        real_save(run_dir, step, *a, **k)
-        if step == 10:
-            raise KeyboardInterrupt                              # "killed" right after a checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), killed_after_checkpoint(10):
         train.main(base_args(corpus, interrupted, **common))
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
     train.main(base_args(corpus, interrupted, **common, **{"--resume": True}))
 
     a = load_file(straight / "model.safetensors")
@@ -123,14 +132,17 @@ def test_resume_takes_the_default_mask_rate_given_explicitly(corpus, tmp_path):
         train.main(base_args(corpus, out, **{"--steps": "6", "--mask-rate": "0.3", "--resume": True}))
     train.main(base_args(corpus, out, **{"--steps": "6", "--save-every": "2", "--keep": "3", "--show": "0",
                                          "--mask-rate": "0.15", "--resume": True}))
-    # an older run's checkpoint, with the rate saved as None
+    # an older run's checkpoint, with the rate saved as None (and, as then, no manifest)
     older = torch.load(out / "checkpoints" / "step_0000006" / "training_state.pt", weights_only=True)
     older["args"]["mask_rate"] = None
+    del older["manifest"]
     torch.save(older, out / "checkpoints" / "step_0000006" / "training_state.pt")
+    (out / "checkpoints" / "step_0000006" / train.MANIFEST).unlink()
     with pytest.raises(train.UsageError, match=r"--mask-rate 0.3 \(the run used 0.15\)"):
         train.main(base_args(corpus, out, **{"--steps": "8", "--mask-rate": "0.3", "--resume": True}))
     train.main(base_args(corpus, out, **{"--steps": "8", "--save-every": "2", "--keep": "5", "--show": "0",
                                          "--mask-rate": "0.15", "--resume": True}))
+    assert not list((out / "checkpoints").glob("replaced-*"))          # it resumed step 6, not an earlier one
     assert torch.load(out / "checkpoints" / "step_0000008" / "training_state.pt",
                       weights_only=True)["args"]["mask_rate"] == 0.15
 
