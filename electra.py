@@ -27,8 +27,9 @@ the generator gets the discriminator's options.
 Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining = the discriminator,
 ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs; modeling.py
 reads and writes them. A run directory holds the discriminator at its root, the generator in
-generator/. In the paper's order: the config, the encoder, the replaced-token detection (`Electra`,
-its losses, the sampling), the Hugging Face classes. Depends only on torch, `bert_kernels`, modeling.py.
+generator/. In bert.py's order: the config, the outputs and losses, the blocks and heads, the Hugging
+Face classes, then what joins two of them, the replaced-token detection (the sampling, `Electra`).
+Depends only on torch, `bert_kernels` and modeling.py.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,7 +111,42 @@ class ElectraConfig(Config):
                        intermediate_size=round(self.intermediate_size * f), generator_size=1.0)
 
 
-# ----------------------------------------------------------------------------- the encoder
+# ----------------------------------------------------------------------------- outputs
+
+class Output(NamedTuple):
+    loss: Optional[torch.Tensor]       # scalar, None without labels
+    logits: torch.Tensor               # RTD: (B, T); MLM: (N, V) at the N predicted positions, or (B, T, V)
+    metrics: dict                      # detached scalars, e.g. {"rtd_acc": ...}
+
+
+# Copied from bert._mlm_loss
+def _mlm_loss(logits, labels, metrics):
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
+    F.cross_entropy with one (N, V) buffer instead of three."""
+    loss = cross_entropy(logits, labels)
+    metrics["mlm_loss"] = loss.detach()
+    # = (argmax == label), up to ties; amax is ~10x faster than argmax on a CPU (no index to track)
+    logits = logits.detach()
+    metrics["mlm_acc"] = (logits.gather(-1, labels[:, None]).squeeze(-1) >= logits.amax(-1)).float().mean()
+    return loss
+
+
+def _rtd_loss(logits, is_replaced, attention_mask, metrics):
+    """Binary cross-entropy over the real tokens: was each one replaced? logits, is_replaced: (B, T)."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits, dtype=torch.bool)
+    logits, is_replaced = logits[real].float(), is_replaced[real].bool()         # (M,), (M,): real tokens only
+    loss = F.binary_cross_entropy_with_logits(logits, is_replaced.float())
+    said_replaced = logits.detach() > 0                                          # (M,) the verdicts
+    hits = (said_replaced & is_replaced).sum()
+    metrics["rtd_loss"] = loss.detach()
+    metrics["rtd_acc"] = (said_replaced == is_replaced).float().mean()
+    metrics["rtd_precision"] = hits / said_replaced.sum().clamp(min=1)           # of the tokens called replaced
+    metrics["rtd_recall"] = hits / is_replaced.sum().clamp(min=1)                # of the replaced tokens
+    metrics["replaced_frac"] = is_replaced.float().mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------- blocks
 
 # Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size
 class ElectraEmbeddings(nn.Module):
@@ -254,7 +290,171 @@ class ElectraEncoder(nn.Module):
         return x                                                                # (..., H)
 
 
+class ElectraDiscriminatorPredictions(nn.Module):
+    """The replaced-token head: one logit per token, > 0 = 'replaced'."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, x):
+        return self.dense_prediction(self.act(self.dense(x))).squeeze(-1)      # (B, T)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    """The generator's MLM transform, H -> E, so that the (shared) word embeddings can be the output matrix."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.LayerNorm = make_norm(config, config.embedding_size)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))                           # (..., E)
+
+
+class ElectraGeneratorLMHead(nn.Module):
+    """E -> V: the word-embedding matrix (tied, passed in by the caller) plus a bias of its own."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
+
+
+class ElectraClassificationHead(nn.Module):
+    """Sentence classification from the [CLS] vector: dense + GELU (not BERT's tanh pooler), then out_proj."""
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, h):
+        x = F.gelu(self.dense(self.dropout(h[:, 0])))                          # (B, H), from [CLS]
+        return self.out_proj(self.dropout(x))                                  # (B, num_labels)
+
+
+# ----------------------------------------------------------------------------- models
+
+class ElectraPreTrainedModel(PreTrainedModel):
+    """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ELECTRA's weights."""
+    config_class = ElectraConfig
+    base_model_prefix = "electra"
+    # the generator's output matrix: a copy of the word embeddings in older checkpoints
+    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)
+
+
+class ElectraModel(ElectraPreTrainedModel):
+    """The encoder: token ids -> last hidden state (B, T, H). Embeddings of size E, projected to H if E != H."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = ElectraEmbeddings(config)
+        self.embeddings_project = (nn.Linear(config.embedding_size, config.hidden_size)
+                                   if config.embedding_size != config.hidden_size else None)
+        self.encoder = ElectraEncoder(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
+                keep=None):
+        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
+        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
+        layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
+        if position_ids is None:
+            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
+        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)                                     # (..., H)
+        return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
+
+
+class ElectraForPreTraining(ElectraPreTrainedModel):
+    """The discriminator: for every token, was it replaced? labels (B, T): 1 = replaced, 0 = original.
+    The loss is the binary cross-entropy over the real (non-padding) tokens, as in transformers."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        logits = self.discriminator_predictions(h)                             # (B, T)
+        metrics, loss = {}, None
+        if labels is not None:
+            loss = _rtd_loss(logits, labels, attention_mask, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForMaskedLM(ElectraPreTrainedModel):
+    """The generator: an MLM whose output matrix is the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = ElectraGeneratorLMHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
+        x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
+        logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForSequenceClassification(ElectraPreTrainedModel):
+    """[CLS] -> dense + GELU -> out_proj. num_labels = 1 is regression (MSE), else cross-entropy."""
+    _fresh_keys = ("classifier.",)
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.classifier = ElectraClassificationHead(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        logits = self.classifier(h)                                            # (B, num_labels)
+        metrics = {}
+        loss = None if labels is None else classification_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
 # ----------------------------------------------------------------------------- replaced-token detection
+
+def gumbel_sample(logits, generator=None, temperature=1.0):
+    """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
+    gradient. (N, V) -> (N,)"""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (samples come from softmax(logits / temperature)); got {temperature}")
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)   # (N, V), one buffer:
+    noise.uniform_(generator=generator)                                           # uniform in [0, 1),
+    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()                       # -log(-log u): Gumbel(0, 1),
+    noise.add_(logits.detach(), alpha=1 / temperature)                            # + logits / T,
+    return noise.max(-1).indices                                                  # argmax (max: 2x faster); (N,)
+
 
 class Electra(nn.Module):
     """ELECTRA pretraining: a generator and a discriminator trained jointly on replaced-token detection.
@@ -349,203 +549,6 @@ class Electra(nn.Module):
         return cls(discriminator.config, generator, discriminator)
 
 
-def _rtd_loss(logits, is_replaced, attention_mask, metrics):
-    """Binary cross-entropy over the real tokens: was each one replaced? logits, is_replaced: (B, T)."""
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits, dtype=torch.bool)
-    logits, is_replaced = logits[real].float(), is_replaced[real].bool()         # (M,), (M,): real tokens only
-    loss = F.binary_cross_entropy_with_logits(logits, is_replaced.float())
-    said_replaced = logits.detach() > 0                                          # (M,) the verdicts
-    hits = (said_replaced & is_replaced).sum()
-    metrics["rtd_loss"] = loss.detach()
-    metrics["rtd_acc"] = (said_replaced == is_replaced).float().mean()
-    metrics["rtd_precision"] = hits / said_replaced.sum().clamp(min=1)           # of the tokens called replaced
-    metrics["rtd_recall"] = hits / is_replaced.sum().clamp(min=1)                # of the replaced tokens
-    metrics["replaced_frac"] = is_replaced.float().mean()
-    return loss
-
-
-def gumbel_sample(logits, generator=None, temperature=1.0):
-    """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
-    gradient. (N, V) -> (N,)"""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (samples come from softmax(logits / temperature)); got {temperature}")
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)   # (N, V), one buffer:
-    noise.uniform_(generator=generator)                                           # uniform in [0, 1),
-    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()                       # -log(-log u): Gumbel(0, 1),
-    noise.add_(logits.detach(), alpha=1 / temperature)                            # + logits / T,
-    return noise.max(-1).indices                                                  # argmax (max: 2x faster); (N,)
-
-
-# Copied from bert._mlm_loss
-def _mlm_loss(logits, labels, metrics):
-    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
-    F.cross_entropy with one (N, V) buffer instead of three."""
-    loss = cross_entropy(logits, labels)
-    metrics["mlm_loss"] = loss.detach()
-    # = (argmax == label), up to ties; amax is ~10x faster than argmax on a CPU (no index to track)
-    logits = logits.detach()
-    metrics["mlm_acc"] = (logits.gather(-1, labels[:, None]).squeeze(-1) >= logits.amax(-1)).float().mean()
-    return loss
-
-
-# ----------------------------------------------------------------------------- the Hugging Face classes
-
-class Output(NamedTuple):
-    loss: Optional[torch.Tensor]       # scalar, None without labels
-    logits: torch.Tensor               # RTD: (B, T); MLM: (N, V) at the N predicted positions, or (B, T, V)
-    metrics: dict                      # detached scalars, e.g. {"rtd_acc": ...}
-
-
-class ElectraPreTrainedModel(PreTrainedModel):
-    """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ELECTRA's weights."""
-    config_class = ElectraConfig
-    base_model_prefix = "electra"
-    # the generator's output matrix: a copy of the word embeddings in older checkpoints
-    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)
-
-
-class ElectraModel(ElectraPreTrainedModel):
-    """The encoder: token ids -> last hidden state (B, T, H). Embeddings of size E, projected to H if E != H."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.embeddings = ElectraEmbeddings(config)
-        self.embeddings_project = (nn.Linear(config.embedding_size, config.hidden_size)
-                                   if config.embedding_size != config.hidden_size else None)
-        self.encoder = ElectraEncoder(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
-                keep=None):
-        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
-        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
-        layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
-        if position_ids is None:
-            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
-        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
-        if self.embeddings_project is not None:
-            x = self.embeddings_project(x)                                     # (..., H)
-        return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
-
-
-class ElectraDiscriminatorPredictions(nn.Module):
-    """The replaced-token head: one logit per token, > 0 = 'replaced'."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.dense_prediction = nn.Linear(config.hidden_size, 1)
-
-    def forward(self, x):
-        return self.dense_prediction(self.act(self.dense(x))).squeeze(-1)      # (B, T)
-
-
-class ElectraForPreTraining(ElectraPreTrainedModel):
-    """The discriminator: for every token, was it replaced? labels (B, T): 1 = replaced, 0 = original.
-    The loss is the binary cross-entropy over the real (non-padding) tokens, as in transformers."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
-        logits = self.discriminator_predictions(h)                             # (B, T)
-        metrics, loss = {}, None
-        if labels is not None:
-            loss = _rtd_loss(logits, labels, attention_mask, metrics)
-        return Output(loss, logits, metrics)
-
-
-class ElectraGeneratorPredictions(nn.Module):
-    """The generator's MLM transform, H -> E, so that the (shared) word embeddings can be the output matrix."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
-        self.LayerNorm = make_norm(config, config.embedding_size)
-
-    def forward(self, x):
-        return self.LayerNorm(F.gelu(self.dense(x)))                           # (..., E)
-
-
-class ElectraGeneratorLMHead(nn.Module):
-    """E -> V: the word-embedding matrix (tied, passed in by the caller) plus a bias of its own."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, x, word_embeddings):
-        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
-
-
-class ElectraForMaskedLM(ElectraPreTrainedModel):
-    """The generator: an MLM whose output matrix is the word-embedding matrix (tied) plus a bias."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.generator_predictions = ElectraGeneratorPredictions(config)
-        self.generator_lm_head = ElectraGeneratorLMHead(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
-        metrics, loss = {}, None
-        if labels is not None:
-            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
-        x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
-        logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
-        if labels is not None:
-            loss = _mlm_loss(logits, labels, metrics)
-        return Output(loss, logits, metrics)
-
-
-class ElectraClassificationHead(nn.Module):
-    """Sentence classification from the [CLS] vector: dense + GELU (not BERT's tanh pooler), then out_proj."""
-
-    def __init__(self, config):
-        super().__init__()
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, h):
-        x = F.gelu(self.dense(self.dropout(h[:, 0])))                          # (B, H), from [CLS]
-        return self.out_proj(self.dropout(x))                                  # (B, num_labels)
-
-
-class ElectraForSequenceClassification(ElectraPreTrainedModel):
-    """[CLS] -> dense + GELU -> out_proj. num_labels = 1 is regression (MSE), else cross-entropy."""
-    _fresh_keys = ("classifier.",)
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.classifier = ElectraClassificationHead(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
-        logits = self.classifier(h)                                            # (B, num_labels)
-        metrics = {}
-        loss = None if labels is None else classification_loss(logits, labels, metrics)
-        return Output(loss, logits, metrics)
-
-
 # ----------------------------------------------------------------------------- what the tools use
 
 FAMILY = Family(
@@ -559,3 +562,4 @@ FAMILY = Family(
     discriminator=ElectraForPreTraining, discriminator_head="discriminator_predictions.",
     tokenizer_vocab_field=True,       # ElectraConfig.tokenizer_vocab_size: the generator samples below it
     embedding_projection="if_sizes_differ")   # embeddings_project, only when embedding_size != hidden_size
+
