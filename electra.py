@@ -61,9 +61,10 @@ class ElectraConfig(Config):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # Copied from bert.BertConfig.classifier_dropout..ffn_type with Bert->Electra,the module docstring->bert.py's docstring
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for ElectraForSequenceClassification; 1 = regression
-    unpad: bool = True                            # run padded batches on their real tokens only
+    unpad: bool = True                            # run padded batches on their real tokens only (see bert.py's docstring)
     # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
     pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
     norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
@@ -148,7 +149,7 @@ def _rtd_loss(logits, is_replaced, attention_mask, metrics):
 
 # ----------------------------------------------------------------------------- blocks
 
-# Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size
+# Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size,H)->E)
 class ElectraEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -160,9 +161,9 @@ class ElectraEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """ids (B, T) (positions may be (1, T)), or the (total,) real tokens of an unpadded layout."""
-        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = self.word_embeddings(input_ids)                                    # (B, T, E) or (total, E)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, E) or (total, E)
 
     def make_position_ids(self, input_ids, starts=None):
         """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
@@ -363,19 +364,24 @@ class ElectraModel(ElectraPreTrainedModel):
         self.encoder = ElectraEncoder(config)
         self.apply(self._init_weights)
 
+    def embed(self, *ids):
+        """The embeddings (of size E), projected to H when E != H; ids as ElectraEmbeddings takes them."""
+        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
+        return x if self.embeddings_project is None else self.embeddings_project(x)   # (B, T, H) or (total, H)
+
+    # Copied from bert.BertModel.forward with self.embeddings(*ids)->self.embed(*ids)
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
                 keep=None):
-        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
-        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
+        """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
+        only positions the caller will read (e.g. the masked ones); the last layer's feed-forward skips the
+        others, whose outputs are zeros."""
         layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
         if position_ids is None:
             position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
-        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
-        if self.embeddings_project is not None:
-            x = self.embeddings_project(x)                                     # (..., H)
+        x = self.embed(*ids)                                               # (B, T, H) or (total, H)
         return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
 
 
@@ -410,14 +416,18 @@ class ElectraForMaskedLM(ElectraPreTrainedModel):
         self.generator_lm_head = ElectraGeneratorLMHead(config)
         self.apply(self._init_weights)
 
+    def head(self, h, word_embeddings):
+        """The generator's MLM head: generator_predictions (H -> E), then generator_lm_head (E -> V)."""
+        return self.generator_lm_head(self.generator_predictions(h), word_embeddings)   # (..., V)
+
+    # Copied from bert.BertForMaskedLM.forward with bert->electra,self.cls->self.head
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
         h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
-        x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
-        logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        logits = self.head(h, self.electra.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
         if labels is not None:
             loss = _mlm_loss(logits, labels, metrics)
         return Output(loss, logits, metrics)
@@ -434,9 +444,10 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
         self.classifier = ElectraClassificationHead(config)
         self.apply(self._init_weights)
 
+    # Copied from roberta.RobertaForSequenceClassification.forward with roberta->electra
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
-        logits = self.classifier(h)                                            # (B, num_labels)
+        logits = self.classifier(h)                                             # (B, num_labels)
         metrics = {}
         loss = None if labels is None else classification_loss(logits, labels, metrics)
         return Output(loss, logits, metrics)
@@ -486,7 +497,7 @@ class Electra(nn.Module):
         gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels,
                              document_ids=document_ids)                              # logits (N, V)
         # 2. sample a replacement there from its distribution, and put the samples in the text
-        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
+        _, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
         # 3. the discriminator reads the corrupted text and says, for every real token, whether it
         #    was replaced; a sample that equals the original token counts as original
         disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced,

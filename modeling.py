@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- configs
 
-# The efficient-BERT options (the last four fields of every family's config) and their values; the
-# first is the published architecture's, the only one transformers can express.
+# The efficient-BERT options (four fields of every family's config, the four after `unpad`) and their
+# values; the first is the published architecture's, the only one transformers can express.
 OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
                  "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
 # What the `crammed` presets set on top of their sizes (Geiping & Goldstein 2022; see bert.py's PRESETS)
