@@ -455,13 +455,13 @@ class ElectraForSequenceClassification(ElectraPreTrainedModel):
 
 # ----------------------------------------------------------------------------- replaced-token detection
 
-def gumbel_sample(logits, generator=None, temperature=1.0):
+def gumbel_sample(logits, rng=None, temperature=1.0):
     """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
-    gradient. (N, V) -> (N,)"""
+    gradient. (N, V) -> (N,). rng: an optional torch.Generator for the noise."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (samples come from softmax(logits / temperature)); got {temperature}")
     noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)   # (N, V), one buffer:
-    noise.uniform_(generator=generator)                                           # uniform in [0, 1),
+    noise.uniform_(generator=rng)                                                 # uniform in [0, 1),
     noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()                       # -log(-log u): Gumbel(0, 1),
     noise.add_(logits.detach(), alpha=1 / temperature)                            # + logits / T,
     return noise.max(-1).indices                                                  # argmax (max: 2x faster); (N,)
@@ -497,7 +497,7 @@ class Electra(nn.Module):
         gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels,
                              document_ids=document_ids)                              # logits (N, V)
         # 2. sample a replacement there from its distribution, and put the samples in the text
-        _, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
+        _, corrupted, is_replaced = self.corrupt(input_ids, labels, gen.logits)  # (B, T) each
         # 3. the discriminator reads the corrupted text and says, for every real token, whether it
         #    was replaced; a sample that equals the original token counts as original
         disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced,
@@ -506,21 +506,24 @@ class Electra(nn.Module):
         loss = self.config.generator_weight * gen.loss + self.config.discriminator_weight * disc.loss
         return Output(loss, disc.logits, {**gen.metrics, **disc.metrics})
 
-    def _corrupt(self, input_ids, labels, generator_logits, generator=None):
-        """The original text, the text with samples at the masked positions, and where the two differ."""
+    def corrupt(self, input_ids, labels, generator_logits, rng=None):
+        """Step 2: (original, corrupted, is_replaced), each (B, T): the original text, the text with a sample
+        from the generator at each masked position, and where the two differ (a sample equal to the original
+        is not a replacement). input_ids (B, T) as masked, labels (B, T) the originals there (-100 elsewhere),
+        generator_logits (N, V) at those N positions; rng: an optional torch.Generator. No gradient."""
         masked = labels != -100                                                   # (B, T)
         original = torch.where(masked, labels, input_ids)                         # (B, T)
         corrupted = input_ids.clone()
         real_vocab = generator_logits[:, :self.config.tokenizer_vocab_size]        # (N, V'): no padding id
-        corrupted[masked] = gumbel_sample(real_vocab, generator, self.config.temperature)  # (N,) into (B, T)
+        corrupted[masked] = gumbel_sample(real_vocab, rng, self.config.temperature)        # (N,) into (B, T)
         return original, corrupted, corrupted != original
 
     @torch.no_grad()
-    def replaced_token_detection(self, input_ids, attention_mask, token_type_ids, labels, generator=None):
+    def replaced_token_detection(self, input_ids, attention_mask, token_type_ids, labels, rng=None):
         """For display: the generator's replacements and the discriminator's verdicts, each (B, T).
-        `generator` is an optional torch.Generator for the sampling noise (repeatable displays)."""
+        `rng` is an optional torch.Generator for the sampling noise (repeatable displays)."""
         gen_logits = self.generator(input_ids, attention_mask, token_type_ids, labels=labels).logits  # (N, V)
-        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen_logits, generator)
+        original, corrupted, is_replaced = self.corrupt(input_ids, labels, gen_logits, rng)
         logits = self.discriminator(corrupted, attention_mask, token_type_ids).logits            # (B, T)
         return {"original": original, "corrupted": corrupted, "is_replaced": is_replaced,
                 "p_replaced": torch.sigmoid(logits.float())}

@@ -26,7 +26,7 @@ def tiny_config(**kw):
 def batch(B=3, seed=0):
     """A batch as data.py gives it: chosen tokens are [MASK] or left as they are; labels = originals there."""
     g = torch.Generator().manual_seed(seed)
-    b = padded_batch(V, T, B=B, generator=g)
+    b = padded_batch(V, T, B=B, rng=g)
     chosen = b["labels"] != -100
     b["input_ids"][chosen & (torch.rand(B, T, generator=g) < 0.85)] = MASK
     return b
@@ -77,7 +77,7 @@ def test_shapes():
     assert set(out.metrics) == {"mlm_loss", "mlm_acc", "rtd_loss", "rtd_acc", "rtd_precision", "rtd_recall",
                                 "replaced_frac"}
     assert model(*args).loss is None and model(*args).logits.shape == (3, T)
-    shown = model.replaced_token_detection(**b, generator=torch.Generator().manual_seed(0))
+    shown = model.replaced_token_detection(**b, rng=torch.Generator().manual_seed(0))
     assert {k: tuple(v.shape) for k, v in shown.items()} == {k: (3, T) for k in
                                                            ("original", "corrupted", "is_replaced", "p_replaced")}
     assert torch.equal(shown["original"], torch.where(b["labels"] != -100, b["labels"], b["input_ids"]))
@@ -169,7 +169,7 @@ def sample_original_at_even_positions(b):
     samples = torch.where(keep, originals, (originals - 5 + 1) % (V - 5) + 5)     # never the original there
     expected = torch.zeros_like(predicted)
     expected[predicted] = ~keep
-    return (lambda logits, generator=None, temperature=1.0: samples), samples, expected
+    return (lambda logits, rng=None, temperature=1.0: samples), samples, expected
 
 
 def test_disc_labels_are_where_the_sample_differs(monkeypatch):
