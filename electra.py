@@ -31,6 +31,7 @@ generator/. In bert.py's order: the config, the outputs and losses, the blocks a
 Face classes, then what joins two of them, the replaced-token detection (the sampling, `Electra`).
 Depends only on torch, `bert_kernels` and modeling.py.
 """
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Optional
@@ -554,12 +555,14 @@ class Electra(nn.Module):
                                  f"discriminator's ({', '.join(differ)}), but ELECTRA shares them; "
                                  "pass strict=False to keep the discriminator's")
             if differ:
-                print("Electra: the generator's embeddings differ from the discriminator's; sharing the latter")
+                warnings.warn("Electra: the generator's embeddings differ from the discriminator's; sharing the latter",
+                              stacklevel=2)
         elif strict:
             raise FileNotFoundError(f"{path} has no generator/ checkpoint beside the discriminator; "
                                     "pass strict=False to pretrain it with a fresh generator")
         else:
-            print(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings")
+            warnings.warn(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings",
+                          stacklevel=2)
         return cls(discriminator.config, generator, discriminator)
 
 

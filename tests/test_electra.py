@@ -330,7 +330,9 @@ def test_run_directory_generator_and_discriminator(tmp_path):
         assert torch.equal(loaded(**b).loss, ref.loss)
 
         # fine-tuning and the bare discriminator read the root: the replaced-token head is left out
-        cls = ElectraForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+        with pytest.warns(UserWarning) as said:
+            cls = ElectraForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+        assert [str(w.message).split(" (")[0].split(": ")[1] for w in said] == ["initialised fresh", "not used"]
         disc = ElectraForPreTraining.from_pretrained(tmp_path).eval()
         torch.testing.assert_close(cls.electra.embeddings.word_embeddings.weight,
                                    model.discriminator.electra.embeddings.word_embeddings.weight)
@@ -363,12 +365,16 @@ def test_loading_errors(tmp_path):
     ElectraForPreTraining(tiny_config()).save_pretrained(tmp_path / "disc")
     with pytest.raises(FileNotFoundError, match="no generator/"):
         Electra.from_pretrained(tmp_path / "disc")
-    fresh = Electra.from_pretrained(tmp_path / "disc", strict=False)
+    with pytest.warns(UserWarning, match="Electra: no generator in .*a fresh one shares"):
+        fresh = Electra.from_pretrained(tmp_path / "disc", strict=False)
     assert fresh.generator.electra.embeddings is fresh.discriminator.electra.embeddings
     # a generator whose embeddings are not the discriminator's
     ElectraForMaskedLM(tiny_config().generator_config()).save_pretrained(tmp_path / "disc" / "generator")
     with pytest.raises(ValueError, match="embeddings .* differ"):
         Electra.from_pretrained(tmp_path / "disc")
+    with pytest.warns(UserWarning, match="embeddings differ from the discriminator's; sharing the latter"):
+        shared = Electra.from_pretrained(tmp_path / "disc", strict=False)
+    assert shared.generator.electra.embeddings is shared.discriminator.electra.embeddings
     with pytest.raises(ValueError, match="same .vocab_size, embedding_size."):
         Electra(tiny_config(), generator=ElectraForMaskedLM(tiny_config(embedding_size=16)))
     # the generator is not a discriminator: strict loading names the missing head
