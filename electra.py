@@ -27,9 +27,8 @@ the generator gets the discriminator's options.
 Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining = the discriminator,
 ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs; modeling.py
 reads and writes them. A run directory holds the discriminator at its root, the generator in
-generator/. In bert.py's order: the config, the outputs and losses, the blocks and heads, the Hugging
-Face classes, then what joins two of them, the replaced-token detection (the sampling, `Electra`).
-Depends only on torch, `bert_kernels` and modeling.py.
+generator/. The sections are bert.py's, then the replaced-token detection that joins the two
+(`Electra`). Depends only on torch, `bert_kernels` and modeling.py.
 """
 import warnings
 from dataclasses import dataclass, replace
@@ -81,8 +80,7 @@ class ElectraConfig(Config):
     tokenizer_vocab_size: Optional[int] = None
 
     model_type: ClassVar[str] = "electra"
-    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, named as BERT's; tiny, for minutes-long
-    # runs, samples at temperature 3 (see the module docstring)
+    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, as BERT's; tiny samples at temperature 3 (module docstring)
     PRESETS: ClassVar[dict] = {
         "tiny":  dict(num_hidden_layers=2,  hidden_size=128,  embedding_size=128,  num_attention_heads=2,
                       intermediate_size=512,  generator_size=1 / 4, temperature=3.0),
@@ -349,8 +347,7 @@ class ElectraPreTrainedModel(PreTrainedModel):
     """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ELECTRA's weights."""
     config_class = ElectraConfig
     base_model_prefix = "electra"
-    # the generator's output matrix: a copy of the word embeddings in older checkpoints
-    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)
+    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)  # old checkpoints' tied output matrix
 
 
 class ElectraModel(ElectraPreTrainedModel):
@@ -400,9 +397,8 @@ class ElectraForPreTraining(ElectraPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
         logits = self.discriminator_predictions(h)                             # (B, T)
-        metrics, loss = {}, None
-        if labels is not None:
-            loss = _rtd_loss(logits, labels, attention_mask, metrics)
+        metrics = {}
+        loss = None if labels is None else _rtd_loss(logits, labels, attention_mask, metrics)
         return Output(loss, logits, metrics)
 
 
@@ -474,7 +470,6 @@ class Electra(nn.Module):
     The two share ONE embeddings module (word, position and type embeddings and their LayerNorm);
     each has its own encoder, and the generator its own embeddings_project when its hidden size
     differs from E. `config` is the discriminator's; the generator's is config.generator_config().
-    save_pretrained writes the discriminator at the root of a directory, the generator in generator/.
     """
 
     def __init__(self, config, generator=None, discriminator=None):
@@ -489,29 +484,24 @@ class Electra(nn.Module):
         self.generator.electra.embeddings = self.discriminator.electra.embeddings      # shared: one module
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        """input_ids arrive masked (by data.py); labels hold the original ids there and -100 elsewhere.
-        Returns the loss, the discriminator's logits (B, T) and the metrics of both models.
-        document_ids (B, T): packed documents, as in ElectraModel."""
+        """input_ids arrive masked (by data.py), labels hold the original ids there and -100 elsewhere, document_ids
+        as in ElectraModel. Returns the loss, the discriminator's logits (B, T) and the metrics of both models."""
         if labels is None:                                    # nothing masked: only the discriminator's verdicts
             return self.discriminator(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
         # 1. the generator is a masked language model: its MLM loss at the masked positions
-        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels,
-                             document_ids=document_ids)                              # logits (N, V)
+        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels, document_ids=document_ids)  # (N, V)
         # 2. sample a replacement there from its distribution, and put the samples in the text
         _, corrupted, is_replaced = self.corrupt(input_ids, labels, gen.logits)  # (B, T) each
-        # 3. the discriminator reads the corrupted text and says, for every real token, whether it
-        #    was replaced; a sample that equals the original token counts as original
-        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced,
-                                  document_ids=document_ids)
+        # 3. the discriminator reads the corrupted text and says, for every real token, whether it was replaced
+        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced, document_ids=document_ids)
         # 4. one loss for both; no gradient reaches the generator through the sampling
         loss = self.config.generator_weight * gen.loss + self.config.discriminator_weight * disc.loss
         return Output(loss, disc.logits, {**gen.metrics, **disc.metrics})
 
     def corrupt(self, input_ids, labels, generator_logits, rng=None):
-        """Step 2: (original, corrupted, is_replaced), each (B, T): the original text, the text with a sample
-        from the generator at each masked position, and where the two differ (a sample equal to the original
-        is not a replacement). input_ids (B, T) as masked, labels (B, T) the originals there (-100 elsewhere),
-        generator_logits (N, V) at those N positions; rng: an optional torch.Generator. No gradient."""
+        """Step 2: (original, corrupted, is_replaced), each (B, T). corrupted holds a sample from generator_logits
+        (N, V) at each masked position (labels != -100); one equal to the original is not a replacement. rng:
+        an optional torch.Generator. No gradient."""
         masked = labels != -100                                                   # (B, T)
         original = torch.where(masked, labels, input_ids)                         # (B, T)
         corrupted = input_ids.clone()
@@ -561,8 +551,7 @@ class Electra(nn.Module):
             raise FileNotFoundError(f"{path} has no generator/ checkpoint beside the discriminator; "
                                     "pass strict=False to pretrain it with a fresh generator")
         else:
-            warnings.warn(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings",
-                          stacklevel=2)
+            warnings.warn(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings", stacklevel=2)
         return cls(discriminator.config, generator, discriminator)
 
 
@@ -574,8 +563,7 @@ FAMILY = Family(
     classification=ElectraForSequenceClassification, tokenizer_kind="wordpiece",
     # ELECTRA's pretrain_helpers.mask(): 15% of the tokens are chosen; 85% of those become [MASK], the
     # other 15% stay as they are, none is replaced by a random token (the generator's samples do that)
-    masking=dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0),
-    packed=False, position_offset=0,
+    masking=dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0), packed=False, position_offset=0,
     discriminator=ElectraForPreTraining, discriminator_head="discriminator_predictions.",
     tokenizer_vocab_field=True,       # ElectraConfig.tokenizer_vocab_size: the generator samples below it
     embedding_projection="if_sizes_differ")   # embeddings_project, only when embedding_size != hidden_size
