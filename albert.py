@@ -26,7 +26,8 @@ and modeling.py.
 
 Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
 as in bert.py (see its docstring): `AlbertModel.forward(input_ids, attention_mask=None,
-token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
+token_type_ids=None, position_ids=None, document_ids=None, keep=None)`; config.unpad = False keeps the
+dense path.
 
 The efficient-BERT options (pre_layernorm, norm_type, use_bias, ffn_type) and the `crammed` presets
 are bert.py's (see its docstring), written here for ALBERT's own layer: with pre_layernorm,
@@ -67,8 +68,9 @@ class AlbertConfig(Config):
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     classifier_dropout_prob: Optional[float] = 0.1   # SOP and classifier heads; None = hidden_dropout_prob
+    # Copied from bert.BertConfig.num_labels..ffn_type with Bert->Albert,the module docstring->bert.py's docstring
     num_labels: int = 2                           # for AlbertForSequenceClassification; 1 = regression
-    unpad: bool = True                            # run padded batches on their real tokens only
+    unpad: bool = True                            # run padded batches on their real tokens only (see bert.py's docstring)
     # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
     pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
     norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
@@ -138,9 +140,9 @@ class AlbertEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """ids (B, T) (positions may be (1, T)), or the (total,) real tokens of an unpadded layout."""
-        x = self.word_embeddings(input_ids)                                    # (B, T, E)
+        x = self.word_embeddings(input_ids)                                    # (B, T, E) or (total, E)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))                                  # (B, T, E)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, E) or (total, E)
 
     def make_position_ids(self, input_ids, starts=None):
         """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
@@ -233,7 +235,7 @@ class AlbertLayerGroup(nn.Module):
     def forward(self, x, layout, keep=None):
         for i, layer in enumerate(self.albert_layers):        # keep: for the last layer only (see AlbertLayer)
             x = layer(x, layout, keep if i == len(self.albert_layers) - 1 else None)
-        return x                                                                # (B, T, H)
+        return x                                                                # (..., H)
 
 
 class AlbertTransformer(nn.Module):
@@ -254,13 +256,13 @@ class AlbertTransformer(nn.Module):
 
     def forward(self, x, layout, keep=None):
         """keep: the positions the heads read (see AlbertLayer); the last step computes only those."""
-        x = self.embedding_hidden_mapping_in(x)                                 # (B, T, E) -> (B, T, H)
+        x = self.embedding_hidden_mapping_in(x)                                 # (..., E) -> (..., H)
         for i in range(self.num_hidden_layers):
             last = i == self.num_hidden_layers - 1
             x = self.albert_layer_groups[self.group_index(i)](x, layout, keep if last else None)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
-        return x                                                                # (B, T, H)
+        return x                                                                # (..., H)
 
 
 class AlbertPooler(nn.Linear):
@@ -311,6 +313,7 @@ class AlbertPreTrainedModel(PreTrainedModel):
     _dropped_keys = PreTrainedModel._dropped_keys + ("predictions.decoder.",)  # the tied output matrix
 
 
+# Copied from bert.BertModel with BertEncoder->AlbertTransformer,Bert->Albert,(B, T, H) or (total, H)->(B, T, E) or (total, E)
 class AlbertModel(AlbertPreTrainedModel):
     """The encoder: token ids -> last hidden state (B, T, H). `pooler` gives the [CLS] vector."""
 
@@ -324,8 +327,9 @@ class AlbertModel(AlbertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
                 keep=None):
-        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
-        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
+        """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
+        only positions the caller will read (e.g. the masked ones); the last layer's feed-forward skips the
+        others, whose outputs are zeros."""
         layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
         if position_ids is None:
             position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
@@ -347,6 +351,8 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
         self.sop_classifier = AlbertSOPHead(config)
         self.apply(self._init_weights)
 
+    # Copied from bert.BertForPreTraining.forward with bert->albert,nsp->sop,next_sentence->sentence_order,
+    #     cls.predictions->predictions,cls.seq_relationship->sop_classifier
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 sentence_order_label=None, document_ids=None):
         predicted = keep = None
@@ -360,7 +366,7 @@ class AlbertForPreTraining(AlbertPreTrainedModel):
         else:
             h_mlm = h
         logits = self.predictions(h_mlm, self.albert.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
-        sop_logits = self.sop_classifier(self.albert.pooler(h))               # (B, 2)
+        sop_logits = self.sop_classifier(self.albert.pooler(h))            # (B, 2)
         if labels is not None:
             loss = _mlm_loss(logits, labels, metrics)
         if sentence_order_label is not None:
@@ -387,7 +393,7 @@ class AlbertForMaskedLM(AlbertPreTrainedModel):
         h = self.albert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,)
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
         logits = self.predictions(h, self.albert.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
         if labels is not None:
             loss = _mlm_loss(logits, labels, metrics)

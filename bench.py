@@ -152,7 +152,7 @@ class HFElectra(nn.Module):
     masked input -> generator MLM loss -> a sample at each masked position (no gradient) -> discriminator BCE
     on the corrupted text; loss = generator_weight * MLM + discriminator_weight * BCE; one embeddings module.
     `corrupt(input_ids, labels, logits at the masked positions)` -> (original, corrupted, is_replaced), each
-    (B, T), is our Electra's own step (its _corrupt: the same sampling, temperature and vocabulary)."""
+    (B, T), is our Electra's own step (Electra.corrupt: the same sampling, temperature and vocabulary)."""
 
     def __init__(self, generator, discriminator, corrupt, generator_weight=1.0, discriminator_weight=50.0):
         super().__init__()
@@ -203,7 +203,7 @@ def build_pair(model, preset, objective=None, vocab_size=None, overrides=None, d
         disc = transformers.ElectraForPreTraining(hf_config(config))
         _copy_weights(ours.generator, gen)
         _copy_weights(ours.discriminator, disc)
-        hf = HFElectra(gen, disc, ours._corrupt, config.generator_weight, config.discriminator_weight)
+        hf = HFElectra(gen, disc, ours.corrupt, config.generator_weight, config.discriminator_weight)
     else:
         hf = getattr(transformers, HF_CLASSES[model, objective])(hf_config(config))
         _copy_weights(ours, hf)

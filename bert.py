@@ -19,7 +19,7 @@ with the same outputs; both come from modeling.py, which holds what the four fam
 modeling.py.
 
 Padding and packing. `BertModel.forward(input_ids, attention_mask=None, token_type_ids=None,
-position_ids=None, document_ids=None)`:
+position_ids=None, document_ids=None, keep=None)`:
   attention_mask  (B, T), True = a real token. When a batch has padding (and config.unpad, the
                   default), the real tokens are gathered once into a (total, H) layout and the
                   embeddings' LayerNorm, every projection, feed-forward and norm run on them only;
@@ -30,6 +30,9 @@ position_ids=None, document_ids=None)`:
                   to the tokens of its own run of equal ids in its row (and never to padding), and
                   its position id restarts at 0 with each document (unless position_ids is given),
                   so each document gets the outputs it would get alone. E.g. [[0, 0, 0, 1, 1, 2]].
+  keep            (B, T) bool, optional: the only positions the caller reads (the heads' inputs, e.g.
+                  the masked tokens); the last layer's feed-forward runs on them alone, the others
+                  come out as zeros.
 bert_kernels.Layout decides the layout once per forward (bert_kernels/layout.py) and bert_kernels.self_attention
 takes q, k, v in either, so a layer has one code path. Under torch.compile the padded layout runs.
 
@@ -75,8 +78,8 @@ class BertConfig(Config):
     pad_token_id: int = 0
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for BertForSequenceClassification; 1 = regression
-    unpad: bool = True                            # run padded batches on their real tokens only (see above)
-    # efficient-BERT options (module docstring); the defaults are the published architecture
+    unpad: bool = True                            # run padded batches on their real tokens only (see the module docstring)
+    # efficient-BERT options (see the module docstring); the defaults are the published architecture
     pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
     norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
     use_bias: bool = True                         # biases in the layers' linear maps and norms
@@ -137,9 +140,9 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """ids (B, T) (positions may be (1, T)), or the (total,) real tokens of an unpadded layout."""
-        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = self.word_embeddings(input_ids)                                    # (B, T, H) or (total, H)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, H) or (total, H)
 
     def make_position_ids(self, input_ids, starts=None):
         """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
@@ -332,8 +335,8 @@ class BertModel(BertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
                 keep=None):
         """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
-        only positions the caller will read (in pretraining, the masked ones and [CLS]); the last layer's
-        feed-forward skips the others, whose outputs are zeros."""
+        only positions the caller will read (e.g. the masked ones); the last layer's feed-forward skips the
+        others, whose outputs are zeros."""
         layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
         if position_ids is None:
             position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
@@ -393,7 +396,7 @@ class BertForMaskedLM(BertPreTrainedModel):
         h = self.bert(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
-            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,)
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
         logits = self.cls(h, self.bert.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
         if labels is not None:
             loss = _mlm_loss(logits, labels, metrics)

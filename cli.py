@@ -344,7 +344,7 @@ def show_replaced_tokens(electra, tok, batches, device, n, width=48):
     electra.eval()
     b = {k: v[:n].to(device) for k, v in batches.get_batch(10_000).items()}
     r = electra.replaced_token_detection(b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
-                                         b["labels"], generator=torch.Generator(device).manual_seed(0))
+                                         b["labels"], rng=torch.Generator(device).manual_seed(0))
     print("\nreplaced-token detection on held-out text: [original->generator's sample] marks a replaced token,"
           "\n* a token the discriminator calls replaced (p > 0.5), with its probability:")
     for row in range(r["original"].shape[0]):

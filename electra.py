@@ -27,9 +27,10 @@ the generator gets the discriminator's options.
 Parameter names are those of Hugging Face `transformers` (ElectraForPreTraining = the discriminator,
 ElectraForMaskedLM = the generator), so checkpoints move both ways with the same outputs; modeling.py
 reads and writes them. A run directory holds the discriminator at its root, the generator in
-generator/. In the paper's order: the config, the encoder, the replaced-token detection (`Electra`,
-its losses, the sampling), the Hugging Face classes. Depends only on torch, `bert_kernels`, modeling.py.
+generator/. The sections are bert.py's, then the replaced-token detection that joins the two
+(`Electra`). Depends only on torch, `bert_kernels` and modeling.py.
 """
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Optional
@@ -60,9 +61,10 @@ class ElectraConfig(Config):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # Copied from bert.BertConfig.classifier_dropout..ffn_type with Bert->Electra,the module docstring->bert.py's docstring
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for ElectraForSequenceClassification; 1 = regression
-    unpad: bool = True                            # run padded batches on their real tokens only
+    unpad: bool = True                            # run padded batches on their real tokens only (see bert.py's docstring)
     # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
     pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
     norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
@@ -78,8 +80,7 @@ class ElectraConfig(Config):
     tokenizer_vocab_size: Optional[int] = None
 
     model_type: ClassVar[str] = "electra"
-    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, named as BERT's; tiny, for minutes-long
-    # runs, samples at temperature 3 (see the module docstring)
+    # small/base/large: the paper's Table 6. tiny/mini: CPU-sized, as BERT's; tiny samples at temperature 3 (module docstring)
     PRESETS: ClassVar[dict] = {
         "tiny":  dict(num_hidden_layers=2,  hidden_size=128,  embedding_size=128,  num_attention_heads=2,
                       intermediate_size=512,  generator_size=1 / 4, temperature=3.0),
@@ -110,9 +111,44 @@ class ElectraConfig(Config):
                        intermediate_size=round(self.intermediate_size * f), generator_size=1.0)
 
 
-# ----------------------------------------------------------------------------- the encoder
+# ----------------------------------------------------------------------------- outputs
 
-# Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size
+class Output(NamedTuple):
+    loss: Optional[torch.Tensor]       # scalar, None without labels
+    logits: torch.Tensor               # RTD: (B, T); MLM: (N, V) at the N predicted positions, or (B, T, V)
+    metrics: dict                      # detached scalars, e.g. {"rtd_acc": ...}
+
+
+# Copied from bert._mlm_loss
+def _mlm_loss(logits, labels, metrics):
+    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
+    F.cross_entropy with one (N, V) buffer instead of three."""
+    loss = cross_entropy(logits, labels)
+    metrics["mlm_loss"] = loss.detach()
+    # = (argmax == label), up to ties; amax is ~10x faster than argmax on a CPU (no index to track)
+    logits = logits.detach()
+    metrics["mlm_acc"] = (logits.gather(-1, labels[:, None]).squeeze(-1) >= logits.amax(-1)).float().mean()
+    return loss
+
+
+def _rtd_loss(logits, is_replaced, attention_mask, metrics):
+    """Binary cross-entropy over the real tokens: was each one replaced? logits, is_replaced: (B, T)."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits, dtype=torch.bool)
+    logits, is_replaced = logits[real].float(), is_replaced[real].bool()         # (M,), (M,): real tokens only
+    loss = F.binary_cross_entropy_with_logits(logits, is_replaced.float())
+    said_replaced = logits.detach() > 0                                          # (M,) the verdicts
+    hits = (said_replaced & is_replaced).sum()
+    metrics["rtd_loss"] = loss.detach()
+    metrics["rtd_acc"] = (said_replaced == is_replaced).float().mean()
+    metrics["rtd_precision"] = hits / said_replaced.sum().clamp(min=1)           # of the tokens called replaced
+    metrics["rtd_recall"] = hits / is_replaced.sum().clamp(min=1)                # of the replaced tokens
+    metrics["replaced_frac"] = is_replaced.float().mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------- blocks
+
+# Copied from bert.BertEmbeddings with Bert->Electra,hidden_size->embedding_size,H)->E)
 class ElectraEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -124,9 +160,9 @@ class ElectraEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """ids (B, T) (positions may be (1, T)), or the (total,) real tokens of an unpadded layout."""
-        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = self.word_embeddings(input_ids)                                    # (B, T, E) or (total, E)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, E) or (total, E)
 
     def make_position_ids(self, input_ids, starts=None):
         """0, 1, 2, ... along the rows; with `starts` (B, T) bool (True at the first token of each
@@ -254,7 +290,179 @@ class ElectraEncoder(nn.Module):
         return x                                                                # (..., H)
 
 
+class ElectraDiscriminatorPredictions(nn.Module):
+    """The replaced-token head: one logit per token, > 0 = 'replaced'."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.dense_prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, x):
+        return self.dense_prediction(self.act(self.dense(x))).squeeze(-1)      # (B, T)
+
+
+class ElectraGeneratorPredictions(nn.Module):
+    """The generator's MLM transform, H -> E, so that the (shared) word embeddings can be the output matrix."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.LayerNorm = make_norm(config, config.embedding_size)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))                           # (..., E)
+
+
+class ElectraGeneratorLMHead(nn.Module):
+    """E -> V: the word-embedding matrix (tied, passed in by the caller) plus a bias of its own."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x, word_embeddings):
+        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
+
+
+class ElectraClassificationHead(nn.Module):
+    """Sentence classification from the [CLS] vector: dense + GELU (not BERT's tanh pooler), then out_proj."""
+
+    def __init__(self, config):
+        super().__init__()
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, h):
+        x = F.gelu(self.dense(self.dropout(h[:, 0])))                          # (B, H), from [CLS]
+        return self.out_proj(self.dropout(x))                                  # (B, num_labels)
+
+
+# ----------------------------------------------------------------------------- models
+
+class ElectraPreTrainedModel(PreTrainedModel):
+    """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ELECTRA's weights."""
+    config_class = ElectraConfig
+    base_model_prefix = "electra"
+    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)  # old checkpoints' tied output matrix
+
+
+class ElectraModel(ElectraPreTrainedModel):
+    """The encoder: token ids -> last hidden state (B, T, H). Embeddings of size E, projected to H if E != H."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = ElectraEmbeddings(config)
+        self.embeddings_project = (nn.Linear(config.embedding_size, config.hidden_size)
+                                   if config.embedding_size != config.hidden_size else None)
+        self.encoder = ElectraEncoder(config)
+        self.apply(self._init_weights)
+
+    def embed(self, *ids):
+        """The embeddings (of size E), projected to H when E != H; ids as ElectraEmbeddings takes them."""
+        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
+        return x if self.embeddings_project is None else self.embeddings_project(x)   # (B, T, H) or (total, H)
+
+    # Copied from bert.BertModel.forward with self.embeddings(*ids)->self.embed(*ids)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
+                keep=None):
+        """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
+        only positions the caller will read (e.g. the masked ones); the last layer's feed-forward skips the
+        others, whose outputs are zeros."""
+        layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
+        if position_ids is None:
+            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
+        x = self.embed(*ids)                                               # (B, T, H) or (total, H)
+        return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
+
+
+class ElectraForPreTraining(ElectraPreTrainedModel):
+    """The discriminator: for every token, was it replaced? labels (B, T): 1 = replaced, 0 = original.
+    The loss is the binary cross-entropy over the real (non-padding) tokens, as in transformers."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.apply(self._init_weights)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        logits = self.discriminator_predictions(h)                             # (B, T)
+        metrics = {}
+        loss = None if labels is None else _rtd_loss(logits, labels, attention_mask, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForMaskedLM(ElectraPreTrainedModel):
+    """The generator: an MLM whose output matrix is the word-embedding matrix (tied) plus a bias."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.generator_predictions = ElectraGeneratorPredictions(config)
+        self.generator_lm_head = ElectraGeneratorLMHead(config)
+        self.apply(self._init_weights)
+
+    def head(self, h, word_embeddings):
+        """The generator's MLM head: generator_predictions (H -> E), then generator_lm_head (E -> V)."""
+        return self.generator_lm_head(self.generator_predictions(h), word_embeddings)   # (..., V)
+
+    # Copied from bert.BertForMaskedLM.forward with bert->electra,self.cls->self.head
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
+        metrics, loss = {}, None
+        if labels is not None:
+            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
+        logits = self.head(h, self.electra.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
+        if labels is not None:
+            loss = _mlm_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
+class ElectraForSequenceClassification(ElectraPreTrainedModel):
+    """[CLS] -> dense + GELU -> out_proj. num_labels = 1 is regression (MSE), else cross-entropy."""
+    _fresh_keys = ("classifier.",)
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.electra = ElectraModel(config)
+        self.classifier = ElectraClassificationHead(config)
+        self.apply(self._init_weights)
+
+    # Copied from roberta.RobertaForSequenceClassification.forward with roberta->electra
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
+        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
+        logits = self.classifier(h)                                             # (B, num_labels)
+        metrics = {}
+        loss = None if labels is None else classification_loss(logits, labels, metrics)
+        return Output(loss, logits, metrics)
+
+
 # ----------------------------------------------------------------------------- replaced-token detection
+
+def gumbel_sample(logits, rng=None, temperature=1.0):
+    """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
+    gradient. (N, V) -> (N,). rng: an optional torch.Generator for the noise."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (samples come from softmax(logits / temperature)); got {temperature}")
+    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)   # (N, V), one buffer:
+    noise.uniform_(generator=rng)                                                 # uniform in [0, 1),
+    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()                       # -log(-log u): Gumbel(0, 1),
+    noise.add_(logits.detach(), alpha=1 / temperature)                            # + logits / T,
+    return noise.max(-1).indices                                                  # argmax (max: 2x faster); (N,)
+
 
 class Electra(nn.Module):
     """ELECTRA pretraining: a generator and a discriminator trained jointly on replaced-token detection.
@@ -262,7 +470,6 @@ class Electra(nn.Module):
     The two share ONE embeddings module (word, position and type embeddings and their LayerNorm);
     each has its own encoder, and the generator its own embeddings_project when its hidden size
     differs from E. `config` is the discriminator's; the generator's is config.generator_config().
-    save_pretrained writes the discriminator at the root of a directory, the generator in generator/.
     """
 
     def __init__(self, config, generator=None, discriminator=None):
@@ -277,39 +484,37 @@ class Electra(nn.Module):
         self.generator.electra.embeddings = self.discriminator.electra.embeddings      # shared: one module
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        """input_ids arrive masked (by data.py); labels hold the original ids there and -100 elsewhere.
-        Returns the loss, the discriminator's logits (B, T) and the metrics of both models.
-        document_ids (B, T): packed documents, as in ElectraModel."""
+        """input_ids arrive masked (by data.py), labels hold the original ids there and -100 elsewhere, document_ids
+        as in ElectraModel. Returns the loss, the discriminator's logits (B, T) and the metrics of both models."""
         if labels is None:                                    # nothing masked: only the discriminator's verdicts
             return self.discriminator(input_ids, attention_mask, token_type_ids, document_ids=document_ids)
         # 1. the generator is a masked language model: its MLM loss at the masked positions
-        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels,
-                             document_ids=document_ids)                              # logits (N, V)
+        gen = self.generator(input_ids, attention_mask, token_type_ids, labels=labels, document_ids=document_ids)  # (N, V)
         # 2. sample a replacement there from its distribution, and put the samples in the text
-        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen.logits)  # (B, T) each
-        # 3. the discriminator reads the corrupted text and says, for every real token, whether it
-        #    was replaced; a sample that equals the original token counts as original
-        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced,
-                                  document_ids=document_ids)
+        _, corrupted, is_replaced = self.corrupt(input_ids, labels, gen.logits)  # (B, T) each
+        # 3. the discriminator reads the corrupted text and says, for every real token, whether it was replaced
+        disc = self.discriminator(corrupted, attention_mask, token_type_ids, labels=is_replaced, document_ids=document_ids)
         # 4. one loss for both; no gradient reaches the generator through the sampling
         loss = self.config.generator_weight * gen.loss + self.config.discriminator_weight * disc.loss
         return Output(loss, disc.logits, {**gen.metrics, **disc.metrics})
 
-    def _corrupt(self, input_ids, labels, generator_logits, generator=None):
-        """The original text, the text with samples at the masked positions, and where the two differ."""
+    def corrupt(self, input_ids, labels, generator_logits, rng=None):
+        """Step 2: (original, corrupted, is_replaced), each (B, T). corrupted holds a sample from generator_logits
+        (N, V) at each masked position (labels != -100); one equal to the original is not a replacement. rng:
+        an optional torch.Generator. No gradient."""
         masked = labels != -100                                                   # (B, T)
         original = torch.where(masked, labels, input_ids)                         # (B, T)
         corrupted = input_ids.clone()
         real_vocab = generator_logits[:, :self.config.tokenizer_vocab_size]        # (N, V'): no padding id
-        corrupted[masked] = gumbel_sample(real_vocab, generator, self.config.temperature)  # (N,) into (B, T)
+        corrupted[masked] = gumbel_sample(real_vocab, rng, self.config.temperature)        # (N,) into (B, T)
         return original, corrupted, corrupted != original
 
     @torch.no_grad()
-    def replaced_token_detection(self, input_ids, attention_mask, token_type_ids, labels, generator=None):
+    def replaced_token_detection(self, input_ids, attention_mask, token_type_ids, labels, rng=None):
         """For display: the generator's replacements and the discriminator's verdicts, each (B, T).
-        `generator` is an optional torch.Generator for the sampling noise (repeatable displays)."""
+        `rng` is an optional torch.Generator for the sampling noise (repeatable displays)."""
         gen_logits = self.generator(input_ids, attention_mask, token_type_ids, labels=labels).logits  # (N, V)
-        original, corrupted, is_replaced = self._corrupt(input_ids, labels, gen_logits, generator)
+        original, corrupted, is_replaced = self.corrupt(input_ids, labels, gen_logits, rng)
         logits = self.discriminator(corrupted, attention_mask, token_type_ids).logits            # (B, T)
         return {"original": original, "corrupted": corrupted, "is_replaced": is_replaced,
                 "p_replaced": torch.sigmoid(logits.float())}
@@ -340,210 +545,14 @@ class Electra(nn.Module):
                                  f"discriminator's ({', '.join(differ)}), but ELECTRA shares them; "
                                  "pass strict=False to keep the discriminator's")
             if differ:
-                print("Electra: the generator's embeddings differ from the discriminator's; sharing the latter")
+                warnings.warn("Electra: the generator's embeddings differ from the discriminator's; sharing the latter",
+                              stacklevel=2)
         elif strict:
             raise FileNotFoundError(f"{path} has no generator/ checkpoint beside the discriminator; "
                                     "pass strict=False to pretrain it with a fresh generator")
         else:
-            print(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings")
+            warnings.warn(f"Electra: no generator in {path}; a fresh one shares the discriminator's embeddings", stacklevel=2)
         return cls(discriminator.config, generator, discriminator)
-
-
-def _rtd_loss(logits, is_replaced, attention_mask, metrics):
-    """Binary cross-entropy over the real tokens: was each one replaced? logits, is_replaced: (B, T)."""
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits, dtype=torch.bool)
-    logits, is_replaced = logits[real].float(), is_replaced[real].bool()         # (M,), (M,): real tokens only
-    loss = F.binary_cross_entropy_with_logits(logits, is_replaced.float())
-    said_replaced = logits.detach() > 0                                          # (M,) the verdicts
-    hits = (said_replaced & is_replaced).sum()
-    metrics["rtd_loss"] = loss.detach()
-    metrics["rtd_acc"] = (said_replaced == is_replaced).float().mean()
-    metrics["rtd_precision"] = hits / said_replaced.sum().clamp(min=1)           # of the tokens called replaced
-    metrics["rtd_recall"] = hits / is_replaced.sum().clamp(min=1)                # of the replaced tokens
-    metrics["replaced_frac"] = is_replaced.float().mean()
-    return loss
-
-
-def gumbel_sample(logits, generator=None, temperature=1.0):
-    """One id per row, drawn from softmax(logits / temperature) by the Gumbel-max trick; float32, no
-    gradient. (N, V) -> (N,)"""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (samples come from softmax(logits / temperature)); got {temperature}")
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)   # (N, V), one buffer:
-    noise.uniform_(generator=generator)                                           # uniform in [0, 1),
-    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()                       # -log(-log u): Gumbel(0, 1),
-    noise.add_(logits.detach(), alpha=1 / temperature)                            # + logits / T,
-    return noise.max(-1).indices                                                  # argmax (max: 2x faster); (N,)
-
-
-# Copied from bert._mlm_loss
-def _mlm_loss(logits, labels, metrics):
-    """Cross-entropy over the predicted positions; logits (N, V), labels (N,). bert_kernels.cross_entropy is
-    F.cross_entropy with one (N, V) buffer instead of three."""
-    loss = cross_entropy(logits, labels)
-    metrics["mlm_loss"] = loss.detach()
-    # = (argmax == label), up to ties; amax is ~10x faster than argmax on a CPU (no index to track)
-    logits = logits.detach()
-    metrics["mlm_acc"] = (logits.gather(-1, labels[:, None]).squeeze(-1) >= logits.amax(-1)).float().mean()
-    return loss
-
-
-# ----------------------------------------------------------------------------- the Hugging Face classes
-
-class Output(NamedTuple):
-    loss: Optional[torch.Tensor]       # scalar, None without labels
-    logits: torch.Tensor               # RTD: (B, T); MLM: (N, V) at the N predicted positions, or (B, T, V)
-    metrics: dict                      # detached scalars, e.g. {"rtd_acc": ...}
-
-
-class ElectraPreTrainedModel(PreTrainedModel):
-    """Weight init and the Hugging Face checkpoint layout (modeling.PreTrainedModel) for ELECTRA's weights."""
-    config_class = ElectraConfig
-    base_model_prefix = "electra"
-    # the generator's output matrix: a copy of the word embeddings in older checkpoints
-    _dropped_keys = PreTrainedModel._dropped_keys + ("generator_lm_head.weight",)
-
-
-class ElectraModel(ElectraPreTrainedModel):
-    """The encoder: token ids -> last hidden state (B, T, H). Embeddings of size E, projected to H if E != H."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.embeddings = ElectraEmbeddings(config)
-        self.embeddings_project = (nn.Linear(config.embedding_size, config.hidden_size)
-                                   if config.embedding_size != config.hidden_size else None)
-        self.encoder = ElectraEncoder(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
-                keep=None):
-        """(B, T, H). document_ids (B, T): packed documents; keep (B, T) bool: the only positions the caller
-        reads, computed alone by the last layer's feed-forward (others zeros); see bert.py's docstring."""
-        layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
-        if position_ids is None:
-            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
-        x = self.embeddings(*ids)                                               # (B, T, E) or (total, E)
-        if self.embeddings_project is not None:
-            x = self.embeddings_project(x)                                     # (..., H)
-        return layout.pad(self.encoder(x, layout, layout.gather(keep)))        # (B, T, H)
-
-
-class ElectraDiscriminatorPredictions(nn.Module):
-    """The replaced-token head: one logit per token, > 0 = 'replaced'."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACT2FN[config.hidden_act]
-        self.dense_prediction = nn.Linear(config.hidden_size, 1)
-
-    def forward(self, x):
-        return self.dense_prediction(self.act(self.dense(x))).squeeze(-1)      # (B, T)
-
-
-class ElectraForPreTraining(ElectraPreTrainedModel):
-    """The discriminator: for every token, was it replaced? labels (B, T): 1 = replaced, 0 = original.
-    The loss is the binary cross-entropy over the real (non-padding) tokens, as in transformers."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
-        logits = self.discriminator_predictions(h)                             # (B, T)
-        metrics, loss = {}, None
-        if labels is not None:
-            loss = _rtd_loss(logits, labels, attention_mask, metrics)
-        return Output(loss, logits, metrics)
-
-
-class ElectraGeneratorPredictions(nn.Module):
-    """The generator's MLM transform, H -> E, so that the (shared) word embeddings can be the output matrix."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
-        self.LayerNorm = make_norm(config, config.embedding_size)
-
-    def forward(self, x):
-        return self.LayerNorm(F.gelu(self.dense(x)))                           # (..., E)
-
-
-class ElectraGeneratorLMHead(nn.Module):
-    """E -> V: the word-embedding matrix (tied, passed in by the caller) plus a bias of its own."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, x, word_embeddings):
-        return F.linear(x, word_embeddings, self.bias)                         # (..., V)
-
-
-class ElectraForMaskedLM(ElectraPreTrainedModel):
-    """The generator: an MLM whose output matrix is the word-embedding matrix (tied) plus a bias."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.generator_predictions = ElectraGeneratorPredictions(config)
-        self.generator_lm_head = ElectraGeneratorLMHead(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
-        metrics, loss = {}, None
-        if labels is not None:
-            h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
-        x = self.generator_predictions(h)                                      # (N, E) or (B, T, E)
-        logits = self.generator_lm_head(x, self.electra.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
-        if labels is not None:
-            loss = _mlm_loss(logits, labels, metrics)
-        return Output(loss, logits, metrics)
-
-
-class ElectraClassificationHead(nn.Module):
-    """Sentence classification from the [CLS] vector: dense + GELU (not BERT's tanh pooler), then out_proj."""
-
-    def __init__(self, config):
-        super().__init__()
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, h):
-        x = F.gelu(self.dense(self.dropout(h[:, 0])))                          # (B, H), from [CLS]
-        return self.out_proj(self.dropout(x))                                  # (B, num_labels)
-
-
-class ElectraForSequenceClassification(ElectraPreTrainedModel):
-    """[CLS] -> dense + GELU -> out_proj. num_labels = 1 is regression (MSE), else cross-entropy."""
-    _fresh_keys = ("classifier.",)
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.electra = ElectraModel(config)
-        self.classifier = ElectraClassificationHead(config)
-        self.apply(self._init_weights)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
-        h = self.electra(input_ids, attention_mask, token_type_ids, document_ids=document_ids)  # (B, T, H)
-        logits = self.classifier(h)                                            # (B, num_labels)
-        metrics = {}
-        loss = None if labels is None else classification_loss(logits, labels, metrics)
-        return Output(loss, logits, metrics)
 
 
 # ----------------------------------------------------------------------------- what the tools use
@@ -554,8 +563,8 @@ FAMILY = Family(
     classification=ElectraForSequenceClassification, tokenizer_kind="wordpiece",
     # ELECTRA's pretrain_helpers.mask(): 15% of the tokens are chosen; 85% of those become [MASK], the
     # other 15% stay as they are, none is replaced by a random token (the generator's samples do that)
-    masking=dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0),
-    packed=False, position_offset=0,
+    masking=dict(mlm_probability=0.15, mask_ratio=0.85, random_ratio=0.0), packed=False, position_offset=0,
     discriminator=ElectraForPreTraining, discriminator_head="discriminator_predictions.",
     tokenizer_vocab_field=True,       # ElectraConfig.tokenizer_vocab_size: the generator samples below it
     embedding_projection="if_sizes_differ")   # embeddings_project, only when embedding_size != hidden_size
+

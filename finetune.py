@@ -301,7 +301,7 @@ def load_model(path, num_labels, random_init=False):
                          f"{', '.join(FAMILIES)}")
     family = load_family(model_type)
     cls = family.classification
-    try:    # prints one line naming the freshly initialised head (and one for unused pretraining heads)
+    try:    # from_pretrained warns, naming the freshly initialised head (and, in another warning, unused pretraining heads)
         if random_init:
             config = cls.config_class.from_dict({**json.loads((path / "config.json").read_text()),
                                                  "num_labels": num_labels})

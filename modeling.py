@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------- configs
 
-# The efficient-BERT options (the last four fields of every family's config) and their values; the
-# first is the published architecture's, the only one transformers can express.
+# The efficient-BERT options (four fields of every family's config, the four after `unpad`) and their
+# values; the first is the published architecture's, the only one transformers can express.
 OPTION_VALUES = {"pre_layernorm": (False, True), "norm_type": ("layernorm", "rmsnorm"),
                  "use_bias": (True, False), "ffn_type": ("mlp", "geglu")}
 # What the `crammed` presets set on top of their sizes (Geiping & Goldstein 2022; see bert.py's PRESETS)
@@ -259,7 +260,7 @@ class PreTrainedModel(nn.Module):
 
     def save_pretrained(self, path):
         """config.json + model.safetensors. A config with an efficient-BERT option (pre_layernorm, ...)
-        is saved too, marked "transformers_compatible": false, and said once per model."""
+        is saved too, marked "transformers_compatible": false, with a warning once per model."""
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -268,9 +269,9 @@ class PreTrainedModel(nn.Module):
         if options:
             config["transformers_compatible"] = False
             if not getattr(self, "_said_hf_incompatible", False):
-                print(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
-                      f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
-                      '(config.json says "transformers_compatible": false)')
+                warnings.warn(f"{type(self).__name__}: {', '.join(options)} cannot be expressed in transformers' "
+                              f"{type(self).__name__}: the checkpoint loads with our from_pretrained only "
+                              '(config.json says "transformers_compatible": false)', stacklevel=2)
                 self._said_hf_incompatible = True
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write(path / "model.safetensors", lambda f: save_file(sd, f, metadata={"format": "pt"}))
@@ -283,7 +284,8 @@ class PreTrainedModel(nn.Module):
         A checkpoint of the bare encoder (keys without the base-model prefix, e.g. `bert.`) loads into
         a head model and vice versa. Missing or unexpected weights are an error that lists them;
         strict=False loads what matches (use it to drop or add heads). A task head that the
-        checkpoint lacks (the classifier) is initialised fresh, and said once.
+        checkpoint lacks (the classifier) is initialised fresh; a warning names it, and another one the
+        weights of a head this class lacks, which are not used.
 
         Another family's checkpoint (config.json's model_type) is refused, strict=False included:
         the families differ in more than their weights' names (RoBERTa offsets its positions,
@@ -335,10 +337,11 @@ class PreTrainedModel(nn.Module):
                                   "(a different vocabulary or size?):\n  " + "\n  ".join(wrong))
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         if fresh or (not strict and missing):
-            print(f"{cls.__name__}: initialised fresh (not in {path}): "
-                  f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}")
+            warnings.warn(f"{cls.__name__}: initialised fresh (not in {path}): "
+                          f"{sorted({k.rsplit('.', 1)[0] for k in fresh + missing})}", stacklevel=2)
         if unused:
-            print(f"{cls.__name__}: not used (another head's weights): {sorted({k.rsplit('.', 1)[0] for k in unused})}")
+            warnings.warn(f"{cls.__name__}: not used (another head's weights): "
+                          f"{sorted({k.rsplit('.', 1)[0] for k in unused})}", stacklevel=2)
         return model
 
 

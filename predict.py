@@ -23,12 +23,11 @@ As a library:
     # -> [[Verdict(token='the', p_replaced=0.02, id=1996), ...]]     per text, per token of the text
 """
 import argparse
-import contextlib
-import io
 import itertools
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,17 +96,17 @@ def _from_pretrained(cls, path, names):
     leaves those out. strict=False would also initialise a missing weight at random, and the
     predictions of random weights still look like predictions, so a missing one is an error here.
     """
-    said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said):             # stdout is for the predictions; what it says goes to stderr
+        with warnings.catch_warnings(record=True) as said:  # stdout is for the predictions; what it says goes to stderr
+            warnings.simplefilter("always")
             model = cls.from_pretrained(path, strict=False)
     except (ValueError, FileNotFoundError) as e:           # its messages for a mismatched or broken checkpoint
         raise PredictError(str(e)) from None
     missing = sorted(k for k in model.state_dict() if k not in names)
     if missing:
         raise PredictError(f"{path} lacks {len(missing)} weights that {cls.__name__} needs, e.g. {missing[:3]}")
-    if said.getvalue().strip():
-        print(said.getvalue().strip(), file=sys.stderr)
+    for w in said:                                         # as plain lines, e.g. the NSP head left out
+        print(w.message, file=sys.stderr)
     return model
 
 

@@ -27,7 +27,8 @@ depends only on torch, `bert_kernels` and modeling.py.
 
 Padded batches run on their real tokens only and `document_ids` packs several documents in a row,
 as in bert.py (see its docstring): `RobertaModel.forward(input_ids, attention_mask=None,
-token_type_ids=None, position_ids=None, document_ids=None)`; config.unpad = False keeps the dense path.
+token_type_ids=None, position_ids=None, document_ids=None, keep=None)`; config.unpad = False keeps the
+dense path.
 Packed, each document's positions restart at padding_idx + 1.
 
 The efficient-BERT options (pre_layernorm, norm_type, use_bias, ffn_type) and the `crammed` presets
@@ -61,9 +62,10 @@ class RobertaConfig(Config):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
     pad_token_id: int = 1
+    # Copied from bert.BertConfig.classifier_dropout..ffn_type with Bert->Roberta,the module docstring->bert.py's docstring
     classifier_dropout: Optional[float] = None   # None = hidden_dropout_prob
     num_labels: int = 2                           # for RobertaForSequenceClassification; 1 = regression
-    unpad: bool = True                            # run padded batches on their real tokens only
+    unpad: bool = True                            # run padded batches on their real tokens only (see bert.py's docstring)
     # efficient-BERT options (see bert.py's docstring); the defaults are the published architecture
     pre_layernorm: bool = False                   # norm before each sublayer, and a final norm
     norm_type: str = "layernorm"                  # "layernorm" | "rmsnorm"
@@ -87,12 +89,11 @@ class RobertaConfig(Config):
 
 # ----------------------------------------------------------------------------- outputs
 
-# Copied from bert.Output
 class Output(NamedTuple):
+    """bert.Output without its NSP logits: RoBERTa has no NSP."""
     loss: Optional[torch.Tensor]       # scalar, None without labels
     logits: torch.Tensor               # MLM: (N, V) at the N predicted positions, or (B, T, V) without labels
     metrics: dict                      # detached scalars, e.g. {"mlm_acc": ...}
-    seq_relationship_logits: Optional[torch.Tensor] = None  # (B, 2), NSP
 
 
 # Copied from bert._mlm_loss
@@ -124,9 +125,9 @@ class RobertaEmbeddings(nn.Module):
 
     def forward(self, input_ids, token_type_ids, position_ids):
         """ids (B, T), or the (total,) real tokens of an unpadded layout."""
-        x = self.word_embeddings(input_ids)                                    # (B, T, H)
+        x = self.word_embeddings(input_ids)                                    # (B, T, H) or (total, H)
         x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(x))                                  # (B, T, H)
+        return self.dropout(self.LayerNorm(x))                                  # (B, T, H) or (total, H)
 
     def make_position_ids(self, input_ids, starts=None):
         """padding_idx + 1, + 2, ... over the real tokens; padding_idx at padding (fairseq's make_positions).
@@ -308,7 +309,7 @@ class RobertaPreTrainedModel(PreTrainedModel):
     _tied_bias = "lm_head.decoder.bias"                                  # old checkpoints' name of lm_head.bias
 
 
-# Copied from bert.BertModel with Bert->Roberta,[CLS]-><s>
+# Copied from bert.BertModel with Bert->Roberta,[CLS]-><s>,(1, T) or (B, T)->(B, T)
 class RobertaModel(RobertaPreTrainedModel):
     """The encoder: token ids -> last hidden state (B, T, H). `pooler` gives the <s> vector."""
 
@@ -323,11 +324,11 @@ class RobertaModel(RobertaPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, document_ids=None,
                 keep=None):
         """(B, T, H). document_ids (B, T): packed documents, see the module docstring. keep (B, T) bool: the
-        only positions the caller will read (in pretraining, the masked ones and <s>); the last layer's
-        feed-forward skips the others, whose outputs are zeros."""
+        only positions the caller will read (e.g. the masked ones); the last layer's feed-forward skips the
+        others, whose outputs are zeros."""
         layout = Layout.of(input_ids, attention_mask, document_ids, self.config.unpad)   # padded or unpadded
         if position_ids is None:
-            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (1, T) or (B, T)
+            position_ids = self.embeddings.make_position_ids(input_ids, layout.starts)  # (B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         ids = [layout.gather(t) for t in (input_ids, token_type_ids, position_ids)]    # (B, T) or (total,)
@@ -346,16 +347,18 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.lm_head = RobertaLMHead(config)
         self.apply(self._init_weights)
 
+    # Copied from bert.BertForMaskedLM.forward with bert->roberta,self.cls->self.lm_head
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, document_ids=None):
         predicted = None if labels is None else labels != -100                 # (B, T): what the head reads
         h = self.roberta(input_ids, attention_mask, token_type_ids, document_ids=document_ids, keep=predicted)  # (B, T, H)
         metrics, loss = {}, None
         if labels is not None:
             h, labels = h[predicted], labels[predicted]                        # (N, H), (N,): only masked tokens
-        logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V) or (B, T, V)
+        logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)      # (N, V) or (B, T, V)
         if labels is not None:
             loss = _mlm_loss(logits, labels, metrics)
         return Output(loss, logits, metrics)
+
 
 class RobertaForSequenceClassification(RobertaPreTrainedModel):
     """<s> -> RobertaClassificationHead. num_labels = 1 is regression (MSE), else cross-entropy."""
@@ -375,6 +378,7 @@ class RobertaForSequenceClassification(RobertaPreTrainedModel):
         metrics = {}
         loss = None if labels is None else classification_loss(logits, labels, metrics)
         return Output(loss, logits, metrics)
+
 
 # ----------------------------------------------------------------------------- what the tools use
 

@@ -2,11 +2,11 @@
 import torch
 
 
-def padded_batch(vocab_size, T, pad_id=0, lowest_id=5, B=3, seed=0, segments=True, generator=None):
+def padded_batch(vocab_size, T, pad_id=0, lowest_id=5, B=3, seed=0, segments=True, rng=None):
     """Right-padded rows of lengths T, T - 7, 5 (ids >= lowest_id), ~30% of real tokens as MLM labels
     (the originals; -100 elsewhere) and, with `segments`, token types 0 then 1 from mid-row.
-    Draws from `generator` when given (the caller may go on drawing from it), else from `seed`."""
-    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    Draws from `rng` (a torch.Generator) when given (the caller may go on drawing from it), else from `seed`."""
+    g = rng if rng is not None else torch.Generator().manual_seed(seed)
     input_ids = torch.randint(lowest_id, vocab_size, (B, T), generator=g)
     lengths = torch.tensor([T, T - 7, 5])[:B]
     attention_mask = torch.arange(T)[None] < lengths[:, None]                    # (B, T) bool

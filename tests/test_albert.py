@@ -255,7 +255,8 @@ def test_loads_bare_encoder_into_head_and_pytorch_bin(tmp_path):
             assert max_diff(got[m], ref[m]) <= 1e-5
         # the bare encoder (no pooler) into a classifier: the head and the pooler are fresh
         hf.albert.save_pretrained(tmp_path / "enc")
-        cls = AlbertForSequenceClassification.from_pretrained(tmp_path / "enc", num_labels=3)
+        with pytest.warns(UserWarning, match=r"initialised fresh .*\['albert.pooler', 'classifier'\]"):
+            cls = AlbertForSequenceClassification.from_pretrained(tmp_path / "enc", num_labels=3)
         assert cls.classifier.out_features == 3
         torch.testing.assert_close(cls.albert.embeddings.word_embeddings.weight,
                                    hf.albert.embeddings.word_embeddings.weight)
@@ -283,7 +284,8 @@ def test_loading_errors(tmp_path):
     AlbertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "mlm")
     with pytest.raises(ValueError, match="(?s)missing.*sop_classifier"):
         AlbertForPreTraining.from_pretrained(tmp_path / "mlm")
-    AlbertForPreTraining.from_pretrained(tmp_path / "mlm", strict=False)
+    with pytest.warns(UserWarning, match=r"AlbertForPreTraining: initialised fresh .*'sop_classifier.classifier'"):
+        AlbertForPreTraining.from_pretrained(tmp_path / "mlm", strict=False)
     # other sizes: a shape error that says so
     AlbertModel(tiny_config()).save_pretrained(tmp_path / "enc")
     with pytest.raises(ValueError, match="(?s)wrong shape.*word_embeddings"):

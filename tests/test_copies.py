@@ -8,9 +8,19 @@ imported, under a marker on the line directly above them (HF's `make fix-copies`
         ...
 
 MODULE.NAME names a class, a function or a module-level assignment in MODULE.py (a dotted NAME
-such as bert.BertConfig.from_dict names a method). `with Old->New,Old2->New2` renames are
-plain, case-sensitive string replacements applied in order; the part is optional. The copy is
-the statement under the marker (decorators included), up to its last line.
+such as bert.BertConfig.from_dict names a method, bert.BertConfig.unpad a field). The copy is
+the statement under the marker (decorators included), up to its last line. NAME..LAST names a
+run of statements in one body, from NAME to the statement defining LAST, the comments between
+them included (e.g. bert.BertConfig.num_labels..ffn_type, a block of config fields); the copy
+runs from the statement under the marker to the one defining LAST (after the renames).
+
+`with Old->New,Old2->New2` renames are plain, case-sensitive string replacements applied in
+order; the part is optional. A comma inside parentheses or brackets belongs to its rename, so
+that shape comments can follow: `with (B, T, H)->(B, T, E)`. A marker line that ends with a
+comma goes on in the comment line below it:
+
+    # Copied from bert.BertForPreTraining.forward with bert->albert,nsp->sop,
+    #     next_sentence->sentence_order
 
     python tests/test_copies.py          check every copy; print the drifted ones as diffs
     python tests/test_copies.py --fix    rewrite drifted copies from their sources
@@ -41,25 +51,51 @@ class Copy:
     file: Path          # the file holding the marker
     line: int           # 1-based line of the marker
     module: str         # source module, e.g. "bert"
-    name: str           # source name in it, e.g. "BertSelfAttention" or "BertConfig.from_dict"
+    name: str           # source name in it, e.g. "BertSelfAttention", "BertConfig.from_dict" or "BertConfig.a..b"
     renames: list       # [(old, new), ...], applied in order
+    end: int = 0        # 1-based last line of the marker (it may go on over comment lines); 0 = `line`
 
     @property
     def where(self):
         return f"{self.file.name}:{self.line}"
 
+    @property
+    def last(self):
+        """The name that ends a NAME..LAST run in the copy (renamed), or None for a single statement."""
+        last = self.name.partition("..")[2] or None
+        for old, new in self.renames if last else ():
+            last = last.replace(old, new)
+        return last
+
     def __str__(self):
         return f"{self.where} {self.module}.{self.name}"
 
 
+def _split_renames(text):
+    """Split at the commas outside parentheses and brackets: `(B, T, H)->(B, T, E)` is one rename."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def _parse_renames(text, where):
     renames = []
-    for pair in (text or "").split(","):
+    for pair in _split_renames(text or ""):
         if not pair.strip():
             continue
         if "->" not in pair:
             raise CopyError(f"{where}: rename {pair.strip()!r} is not of the form Old->New")
         old, new = (s.strip() for s in pair.split("->", 1))
+        if "->" in new:
+            raise CopyError(f"{where}: rename {pair.strip()!r} holds two '->': a comma inside unclosed "
+                            "parentheses or brackets does not separate renames")
         renames.append((old, new))
     return renames
 
@@ -71,14 +107,23 @@ def find_copies(root=ROOT, files=MODEL_FILES):
         path = Path(root) / name
         if not path.is_file():
             continue
-        for i, text in enumerate(path.read_text().splitlines(), start=1):
+        lines = path.read_text().splitlines()
+        for i, text in enumerate(lines):
             if not text.lstrip().startswith("# Copied from"):
                 continue
+            end = i                                         # a marker ending with a comma goes on below
+            while (text.rstrip().endswith(",") and end + 1 < len(lines) and lines[end + 1].lstrip().startswith("#")
+                   and not lines[end + 1].lstrip().startswith("# Copied from")):
+                end += 1
+                text = text.rstrip() + lines[end].lstrip()[1:].strip()
             m = MARKER.match(text)
+            where = f"{path.name}:{i + 1}"
             if m is None:
-                raise CopyError(f"{path.name}:{i}: malformed marker {text.strip()!r}; "
-                                "expected '# Copied from MODULE.NAME [with Old->New,...]'")
-            copies.append(Copy(path, i, m["module"], m["name"], _parse_renames(m["renames"], f"{path.name}:{i}")))
+                raise CopyError(f"{where}: malformed marker {text.strip()!r}; "
+                                "expected '# Copied from MODULE.NAME[..LAST] [with Old->New,...]'")
+            if m["name"].count("..") > 1 or "." in m["name"].partition("..")[2] or m["name"].endswith(".."):
+                raise CopyError(f"{where}: malformed range {m['name']!r}; expected NAME..LAST, LAST a plain name")
+            copies.append(Copy(path, i + 1, m["module"], m["name"], _parse_renames(m["renames"], where), end + 1))
     return copies
 
 
@@ -105,35 +150,52 @@ def _defines(node, name):
     return False
 
 
-def _dedented(lines, node):
-    """The node's lines (decorators included), with the node's own indentation removed."""
-    n = node.col_offset
+def _dedented(lines, node, last=None):
+    """The lines of node (decorators included) up to those of `last` (default: node), with node's
+    indentation removed."""
+    n, last = node.col_offset, last or node
     return "".join((line[n:] if not line[:n].strip() else line) + "\n"
-                   for line in lines[_start(node) - 1:node.end_lineno])
+                   for line in lines[_start(node) - 1:last.end_lineno])
+
+
+def _run_end(body, i, last, what):
+    """The statement of body, from body[i] on, that defines `last`: the end of a NAME..LAST run."""
+    end = next((n for n in body[i:] if _defines(n, last)), None)
+    if end is None:
+        raise CopyError(f"{what}: no {last!r} after it in the same body, where its NAME..LAST run should end")
+    return end
 
 
 def source_of(root, module, name):
-    """The text of MODULE.NAME (dedented), found with ast in root/MODULE.py."""
+    """The text of MODULE.NAME, or of the run MODULE.NAME..LAST (dedented), found with ast in root/MODULE.py."""
     path = Path(root) / f"{module}.py"
     if not path.is_file():
         raise CopyError(f"no {path.name} in {root}")
     text = path.read_text()
     body = _parse(text, path.name).body
-    node = None
-    for part in name.split("."):
-        node = next((n for n in body if _defines(n, part)), None)
-        if node is None:
+    first, _, last = name.partition("..")
+    node, i = None, 0
+    for part in first.split("."):
+        i = next((j for j, n in enumerate(body) if _defines(n, part)), None)
+        if i is None:
             raise CopyError(f"{module}.{name} not found: {path.name} defines no {part!r} there")
-        body = getattr(node, "body", [])
-    return _dedented(text.splitlines(), node)
+        node, outer, body = body[i], body, getattr(body[i], "body", [])
+    end = _run_end(outer, i, last, f"{module}.{name} not found: {path.name}'s {first}") if last else None
+    return _dedented(text.splitlines(), node, end)
 
 
 def _block_under(copy):
-    """(first line, last line, indent) of the statement directly below the marker, 1-based."""
+    """(first line, last line, indent) of the statement (or NAME..LAST run) directly below the marker, 1-based."""
     text = copy.file.read_text()
+    below = (copy.end or copy.line) + 1
     for node in ast.walk(_parse(text, copy.file.name)):
-        if isinstance(node, ast.stmt) and _start(node) == copy.line + 1:
-            return _start(node), node.end_lineno, node.col_offset
+        for body in (getattr(node, f, None) for f in ("body", "orelse", "finalbody")):
+            if not isinstance(body, list):
+                continue
+            i = next((j for j, n in enumerate(body) if isinstance(n, ast.stmt) and _start(n) == below), None)
+            if i is not None:
+                end = _run_end(body, i, copy.last, f"{copy.where}: the statement under the marker") if copy.last else body[i]
+                return _start(body[i]), end.end_lineno, body[i].col_offset
     raise CopyError(f"{copy.where}: the marker is not directly above a class, def or assignment")
 
 
@@ -259,6 +321,18 @@ def foo_helper(x):
 
 
 SIZES = {"foo": 1}
+
+
+class FooConfig:
+    size: int = 2
+    fast: bool = False        # (B, T, H) or (total, H)
+    # wide or narrow
+    wide: bool = True
+    after: int = 0
+
+
+def foo_shape(x):
+    return x.view(2, -1)      # (B, T, H)
 '''
 
 COPY = '''\
@@ -286,6 +360,21 @@ class Holder:
 
 # Copied from base.SIZES
 SIZES = {"foo": 1}
+
+
+class BarConfig:
+    size: int = 3
+    # Copied from base.FooConfig.fast..wide with (B, T, H) or (total, H)->(B, T, E) or (total, E)
+    fast: bool = False        # (B, T, E) or (total, E)
+    # wide or narrow
+    wide: bool = True
+    after: int = 1
+
+
+# Copied from base.foo_shape with foo->bar,
+#     (B, T, H)->(N, H)
+def bar_shape(x):
+    return x.view(2, -1)      # (N, H)
 '''
 
 
@@ -300,8 +389,12 @@ def test_checker_accepts_correct_copies(tmp_path):
     copies = find_copies(tmp_path)
     assert [(c.line, c.name, c.renames) for c in copies] == [
         (4, "FooBlock", [("Foo", "Bar")]), (12, "foo_helper", [("Foo", "Bar"), ("foo", "bar")]),
-        (18, "FooBlock.forward", []), (23, "SIZES", [])]
+        (18, "FooBlock.forward", []), (23, "SIZES", []),
+        (29, "FooConfig.fast..wide", [("(B, T, H) or (total, H)", "(B, T, E) or (total, E)")]),
+        (36, "foo_shape", [("foo", "bar"), ("(B, T, H)", "(N, H)")])]
+    assert copies[-1].end == 37                   # the marker goes on over the comment line below it
     assert check(tmp_path) == []
+    assert copied_lines(tmp_path) == {"bert.py": 5 + 2 + 2 + 1 + 3 + 2}
 
 
 @pytest.mark.parametrize("old, new, drifted_name", [
@@ -310,6 +403,10 @@ def test_checker_accepts_correct_copies(tmp_path):
     ("    def forward(self, x):\n        return x * 2          # (B, T, H)\n\n\n# Copied from base.SIZES",
      "    def forward(self, x):\n        return x * 2\n\n\n# Copied from base.SIZES", "FooBlock.forward"),
     ('SIZES = {"foo": 1}', 'SIZES = {"foo": 2}', "SIZES"),
+    ("    # wide or narrow\n", "    # wide or thin\n", "FooConfig.fast..wide"),          # a comment inside a run
+    ("    fast: bool = False        # (B, T, E) or (total, E)", "    fast: bool = False        # (B, T, E)",
+     "FooConfig.fast..wide"),
+    ("return x.view(2, -1)      # (N, H)", "return x.view(2, -1)      # (B, T, H)", "foo_shape"),   # renamed below
 ])
 def test_checker_detects_and_fixes_drift(tmp_path, capsys, old, new, drifted_name):
     assert COPY.count(old) == 1
@@ -350,6 +447,22 @@ def test_missing_source_or_block_fails_clearly(tmp_path, capsys):
     write_pair(tmp_path, COPY.replace("# Copied from base.SIZES\n", "# Copied from base.SIZES\n\n"))
     with pytest.raises(CopyError, match=r"bert.py:23: the marker is not directly above"):
         check(tmp_path)
+    write_pair(tmp_path, COPY.replace("with Foo->Bar\n", "with Foo(->Bar(,x->y\n"))
+    with pytest.raises(CopyError, match=r"bert.py:4: rename 'Foo\(->Bar\(,x->y' holds two '->'"):
+        find_copies(tmp_path)
+
+
+def test_a_run_of_statements_must_end_where_it_says(tmp_path):
+    write_pair(tmp_path, COPY.replace("base.FooConfig.fast..wide", "base.FooConfig.fast..wider"))
+    with pytest.raises(CopyError, match=r"bert.py:29: base.FooConfig.fast..wider not found: base.py's FooConfig.fast: "
+                                        "no 'wider' after it"):
+        check(tmp_path)
+    write_pair(tmp_path, COPY.replace("    wide: bool = True\n    after: int = 1", "    after: int = 1"))
+    with pytest.raises(CopyError, match=r"bert.py:29: the statement under the marker: no 'wide' after it"):
+        check(tmp_path)
+    write_pair(tmp_path, COPY.replace("base.FooConfig.fast..wide", "base.FooConfig.fast..wide.x"))
+    with pytest.raises(CopyError, match=r"bert.py:29: malformed range 'FooConfig.fast..wide.x'"):
+        find_copies(tmp_path)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def tiny_config(**kw):
 def batch(B=3, seed=0):
     """A batch as data.py gives it: chosen tokens are [MASK] or left as they are; labels = originals there."""
     g = torch.Generator().manual_seed(seed)
-    b = padded_batch(V, T, B=B, generator=g)
+    b = padded_batch(V, T, B=B, rng=g)
     chosen = b["labels"] != -100
     b["input_ids"][chosen & (torch.rand(B, T, generator=g) < 0.85)] = MASK
     return b
@@ -77,7 +77,7 @@ def test_shapes():
     assert set(out.metrics) == {"mlm_loss", "mlm_acc", "rtd_loss", "rtd_acc", "rtd_precision", "rtd_recall",
                                 "replaced_frac"}
     assert model(*args).loss is None and model(*args).logits.shape == (3, T)
-    shown = model.replaced_token_detection(**b, generator=torch.Generator().manual_seed(0))
+    shown = model.replaced_token_detection(**b, rng=torch.Generator().manual_seed(0))
     assert {k: tuple(v.shape) for k, v in shown.items()} == {k: (3, T) for k in
                                                            ("original", "corrupted", "is_replaced", "p_replaced")}
     assert torch.equal(shown["original"], torch.where(b["labels"] != -100, b["labels"], b["input_ids"]))
@@ -169,7 +169,7 @@ def sample_original_at_even_positions(b):
     samples = torch.where(keep, originals, (originals - 5 + 1) % (V - 5) + 5)     # never the original there
     expected = torch.zeros_like(predicted)
     expected[predicted] = ~keep
-    return (lambda logits, generator=None, temperature=1.0: samples), samples, expected
+    return (lambda logits, rng=None, temperature=1.0: samples), samples, expected
 
 
 def test_disc_labels_are_where_the_sample_differs(monkeypatch):
@@ -330,7 +330,9 @@ def test_run_directory_generator_and_discriminator(tmp_path):
         assert torch.equal(loaded(**b).loss, ref.loss)
 
         # fine-tuning and the bare discriminator read the root: the replaced-token head is left out
-        cls = ElectraForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+        with pytest.warns(UserWarning) as said:
+            cls = ElectraForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+        assert [str(w.message).split(" (")[0].split(": ")[1] for w in said] == ["initialised fresh", "not used"]
         disc = ElectraForPreTraining.from_pretrained(tmp_path).eval()
         torch.testing.assert_close(cls.electra.embeddings.word_embeddings.weight,
                                    model.discriminator.electra.embeddings.word_embeddings.weight)
@@ -363,12 +365,16 @@ def test_loading_errors(tmp_path):
     ElectraForPreTraining(tiny_config()).save_pretrained(tmp_path / "disc")
     with pytest.raises(FileNotFoundError, match="no generator/"):
         Electra.from_pretrained(tmp_path / "disc")
-    fresh = Electra.from_pretrained(tmp_path / "disc", strict=False)
+    with pytest.warns(UserWarning, match="Electra: no generator in .*a fresh one shares"):
+        fresh = Electra.from_pretrained(tmp_path / "disc", strict=False)
     assert fresh.generator.electra.embeddings is fresh.discriminator.electra.embeddings
     # a generator whose embeddings are not the discriminator's
     ElectraForMaskedLM(tiny_config().generator_config()).save_pretrained(tmp_path / "disc" / "generator")
     with pytest.raises(ValueError, match="embeddings .* differ"):
         Electra.from_pretrained(tmp_path / "disc")
+    with pytest.warns(UserWarning, match="embeddings differ from the discriminator's; sharing the latter"):
+        shared = Electra.from_pretrained(tmp_path / "disc", strict=False)
+    assert shared.generator.electra.embeddings is shared.discriminator.electra.embeddings
     with pytest.raises(ValueError, match="same .vocab_size, embedding_size."):
         Electra(tiny_config(), generator=ElectraForMaskedLM(tiny_config(embedding_size=16)))
     # the generator is not a discriminator: strict loading names the missing head

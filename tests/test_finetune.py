@@ -334,7 +334,7 @@ def test_bert_learns_a_keyword_count_regression(tmp_path, tokenizers):
 
 
 @pytest.mark.parametrize("family, kind", [("roberta", "bpe"), ("albert", "unigram"), ("electra", "wordpiece")])
-def test_every_family_fine_tunes_from_its_run_directory(family, kind, tmp_path, tokenizers, capsys):
+def test_every_family_fine_tunes_from_its_run_directory(family, kind, tmp_path, tokenizers, recwarn):
     ckpt = tmp_path / family
     saved = make_checkpoint(ckpt, family, tokenizers[kind])
     train, dev = write_task(tmp_path / "data", 64, 32)
@@ -342,7 +342,7 @@ def test_every_family_fine_tunes_from_its_run_directory(family, kind, tmp_path, 
               "--batch-size", 16, "--lr", "1e-3")
     assert 0 <= r["metrics"]["dev"]["accuracy"] <= 1 and r["best_epoch"] == 1
     # the head is new, and that is said once
-    assert capsys.readouterr().out.count("initialised fresh") == 1
+    assert sum("initialised fresh" in str(w.message) for w in recwarn) == 1
     model, _ = finetune.load_model(ckpt, num_labels=2)
     assert type(model).__name__ == family.capitalize() + "ForSequenceClassification"
     if family == "electra":              # the discriminator (at the run dir's root) is what gets fine-tuned

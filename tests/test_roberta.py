@@ -182,7 +182,7 @@ def published_layout(tmp_path, hf, extra):
     return sd
 
 
-def test_loads_published_layout_and_pytorch_bin(tmp_path, capsys):
+def test_loads_published_layout_and_pytorch_bin(tmp_path):
     """roberta-base's files: a MaskedLM checkpoint that also holds a pooler, the tied decoder and a buffer."""
     torch.manual_seed(0)
     hf = perturb(transformers.RobertaForMaskedLM(hf_config())).eval()
@@ -198,14 +198,14 @@ def test_loads_published_layout_and_pytorch_bin(tmp_path, capsys):
         assert max_diff(got[m], ref[m]) <= 1e-5
     enc = RobertaModel.from_pretrained(tmp_path)                               # keeps the checkpoint's pooler
     torch.testing.assert_close(enc.pooler.dense.weight, sd["roberta.pooler.dense.weight"])
-    cls = RobertaForSequenceClassification.from_pretrained(tmp_path, num_labels=3)  # heads dropped, classifier fresh
+    with pytest.warns(UserWarning, match="RobertaForSequenceClassification: initialised fresh"):
+        cls = RobertaForSequenceClassification.from_pretrained(tmp_path, num_labels=3)  # heads dropped, classifier fresh
     assert cls.classifier.out_proj.out_features == 3
     torch.testing.assert_close(cls.roberta.embeddings.word_embeddings.weight, hf.roberta.embeddings.word_embeddings.weight)
-    assert "RobertaForSequenceClassification: initialised fresh" in capsys.readouterr().out
     # an HF MaskedLM checkpoint has no pooler: the bare encoder gets a fresh one, and says so
     hf.save_pretrained(tmp_path / "mlm")
-    RobertaModel.from_pretrained(tmp_path / "mlm")
-    assert "RobertaModel: initialised fresh (not in" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match=r"RobertaModel: initialised fresh \(not in"):
+        RobertaModel.from_pretrained(tmp_path / "mlm")
 
 
 def test_old_checkpoint_with_the_bias_under_the_decoder(tmp_path):
@@ -224,7 +224,8 @@ def test_classifier_from_a_checkpoint_with_the_decoder_bias(tmp_path):
     torch.manual_seed(0)
     hf = perturb(transformers.RobertaForMaskedLM(hf_config())).eval()
     published_layout(tmp_path, hf, {"lm_head.decoder.bias": hf.lm_head.bias.detach().clone()})
-    RobertaForSequenceClassification.from_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match=r"initialised fresh .*\['classifier.dense', 'classifier.out_proj'\]"):
+        RobertaForSequenceClassification.from_pretrained(tmp_path)
 
 
 def test_loading_errors(tmp_path):
@@ -239,7 +240,10 @@ def test_loading_errors(tmp_path):
     RobertaForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "cls")
     with pytest.raises(ValueError, match="(?s)missing.*lm_head"):
         RobertaForMaskedLM.from_pretrained(tmp_path / "cls")
-    RobertaForMaskedLM.from_pretrained(tmp_path / "cls", strict=False)
+    with pytest.warns(UserWarning) as said:
+        RobertaForMaskedLM.from_pretrained(tmp_path / "cls", strict=False)
+    said = " ".join(str(w.message) for w in said)
+    assert "initialised fresh" in said and "'lm_head.dense'" in said and "not used" in said and "'classifier.dense'" in said
     with pytest.raises(ValueError, match="(?s)wrong shape.*word_embeddings"):
         RobertaModel.from_pretrained(tmp_path / "cls", vocab_size=V + 1)
 
