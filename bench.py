@@ -52,7 +52,7 @@ import torch.nn as nn
 import data
 import tokenizer as tokenizers_lib
 from cli import (FAMILIES, UsageError, add_setup_args, load_family, make_optimizer, mixed_precision, parse_overrides,
-                 pick_device, set_threads)
+                 pick_device, plain_warnings, set_threads)
 
 # the transformers class that does the same work as ours, per (family, objective)
 HF_CLASSES = {
@@ -458,6 +458,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    plain_warnings("bench.py")
     try:
         main()
     except (UsageError, data.DataError) as e:

@@ -3,7 +3,7 @@ this file and never each other, so each can be read (and changed) alone.
 
   families       load_family(name): a model file's FAMILY declaration (modeling.Family), by --model name
   usage errors   UsageError: bad input from the user, printed as one line with no traceback;
-                 parse_overrides for --set KEY=VALUE
+                 parse_overrides for --set KEY=VALUE; plain_warnings (a warning as one line, too)
   setup          add_setup_args (--device, --precision, --threads, --seed), pick_device, seed_everything,
                  mixed_precision (autocast and GradScaler), set_threads (the CPU threads torch uses)
   progress       progress(): a tqdm bar in a terminal, plain lines now and then when the output is a file
@@ -22,6 +22,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -44,6 +45,14 @@ def load_family(name):
     if not isinstance(family, modeling.Family) or family.name != name:
         raise TypeError(f"{name}.py must end with FAMILY = modeling.Family(name={name!r}, ...)")
     return family
+
+
+def plain_warnings(prog):
+    """Show each warning as one line on stderr, `PROG: warning: MESSAGE`, instead of Python's file:line and
+    source line: for a tool's command line (its __main__ block), where the reader is not the programmer."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+    warnings.showwarning = show
 
 
 def parse_overrides(pairs):

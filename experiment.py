@@ -53,7 +53,7 @@ from pathlib import Path
 
 import data
 import tokenizer as tokenizers_lib
-from cli import FAMILIES, UsageError, load_family, parse_overrides
+from cli import FAMILIES, UsageError, load_family, parse_overrides, plain_warnings
 
 HERE = Path(__file__).resolve().parent
 # the train.py flags a variant may set that change what a step costs; the rest pass through untouched
@@ -517,6 +517,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    plain_warnings("experiment.py")
     try:
         main()
     except (UsageError, data.DataError) as e:

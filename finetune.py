@@ -56,7 +56,7 @@ import torch
 
 import tokenizer as tokenizers_lib
 from cli import (FAMILIES, HelpFormatter, UsageError, add_setup_args, load_family, lr_factor, make_optimizer,
-                 mixed_precision, pick_device, progress, seed_everything, set_threads)
+                 mixed_precision, pick_device, plain_warnings, progress, seed_everything, set_threads)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -602,6 +602,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    plain_warnings("finetune.py")
     try:
         main()
     except UsageError as e:

@@ -39,8 +39,8 @@ import data
 import modeling
 import tokenizer as tokenizers_lib
 from cli import (FAMILIES, HelpFormatter, UsageError, add_setup_args, load_family, lr_factor, make_optimizer,
-                 mixed_precision, parse_overrides, pick_device, progress, seed_everything, set_threads,
-                 show_fill_mask, show_replaced_tokens)
+                 mixed_precision, parse_overrides, pick_device, plain_warnings, progress, seed_everything,
+                 set_threads, show_fill_mask, show_replaced_tokens)
 
 # Per-family defaults for the flags left unset: sized so that the default run finishes on a
 # 2-core laptop CPU in a few minutes. On a GPU pass --preset base and a real --steps.
@@ -747,6 +747,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    plain_warnings("train.py")
     try:
         main()
     except (UsageError, data.DataError) as e:
