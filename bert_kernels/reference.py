@@ -24,12 +24,13 @@ def _keep_mask(key_padding_mask, device):
     return key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
 
 
-def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, generator=None):
+def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, rng=None):
     """softmax(scale * scores) over the last dim, with padded keys excluded, then dropout.
 
     scores: (B, H, Tq, Tk); key_padding_mask: (B, Tk). Computed in float32, returned in
     the dtype of `scores`. Dropout zeroes probabilities with probability `dropout_p` and
-    scales the survivors by 1 / (1 - dropout_p), like torch.nn.functional.dropout.
+    scales the survivors by 1 / (1 - dropout_p), like torch.nn.functional.dropout; `rng`: an optional
+    torch.Generator for that draw.
     """
     s = scores.float() * scale                                    # (B, H, Tq, Tk)
     keep = _keep_mask(key_padding_mask, s.device)
@@ -41,23 +42,23 @@ def masked_softmax(scores, key_padding_mask=None, scale=1.0, dropout_p=0.0, gene
     if keep is not None:
         p = p * keep                                              # exact zeros on padded keys
     if dropout_p > 0.0:
-        drop = torch.rand(p.shape, device=p.device, generator=generator) < dropout_p
+        drop = torch.rand(p.shape, device=p.device, generator=rng) < dropout_p
         p = p.masked_fill(drop, 0.0) / (1.0 - dropout_p)
     return p.to(scores.dtype)
 
 
-def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, generator=None):
+def attention(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, rng=None):
     """softmax(q k^T * scale, padded keys excluded) v, computed eagerly in float32.
 
     q, k, v: (B, H, T, D) (q may have its own length Tq); returns (B, H, Tq, D) in q's dtype.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q.float() @ k.float().transpose(-2, -1)              # (B, H, Tq, Tk)
-    p = masked_softmax(scores, key_padding_mask, scale, dropout_p, generator)
+    p = masked_softmax(scores, key_padding_mask, scale, dropout_p, rng)
     return (p @ v.float()).to(q.dtype)                            # (B, H, Tq, D)
 
 
-def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None, generator=None):
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=None, rng=None):
     """Variable-length attention, one sequence at a time: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1].
 
     q, k, v: (total, H, D), the sequences laid end to end with no padding; cu_seqlens: (S+1,) int
@@ -69,6 +70,6 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen=None, dropout_p=0.0, scale=
     pieces = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         seq = [x[start:end].transpose(0, 1)[None] for x in (q, k, v)]            # (1, H, L, D) each
-        y = attention(*seq, dropout_p=dropout_p, scale=scale, generator=generator)
+        y = attention(*seq, dropout_p=dropout_p, scale=scale, rng=rng)
         pieces.append(y[0].transpose(0, 1))                                       # (L, H, D)
     return torch.cat(pieces, dim=0)                                               # (total, H, D)
