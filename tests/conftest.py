@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -32,3 +33,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # the CLIs choose their thread count from the machine's load unless told (cli.set_threads); a test that
 # compares two runs bit for bit needs both on the same count, in this process and in the ones it starts
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_for_every_test():
+    """A test that runs train.main with --threads N sets torch's thread count for the whole process: each
+    test starts on the count set above, so none computes (and rounds) differently for what ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -112,10 +112,11 @@ def test_padding_invariance():
 
 def test_overfits_one_batch():
     """The generator learns the masked tokens, its samples become the originals, and the
-    discriminator learns to say so: the joint loss (MLM + 50 x RTD) falls from ~39 to ~1-5."""
+    discriminator learns to say so: the joint loss (MLM + 50 x RTD) falls from ~39 to ~0.1-1.2. (One wrong
+    RTD call costs 50x: after 100 steps the loss still swings between 1.4 and 8.2 with the thread count.)"""
     torch.manual_seed(0)
     model = Electra(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    first, out = overfit(model, batch(), steps=100, lr=1e-2)
+    first, out = overfit(model, batch(), steps=200, lr=1e-2)
     assert out.loss.item() < 0.2 * first.loss.item()
     assert out.metrics["mlm_loss"] < 0.05 * first.metrics["mlm_loss"] and out.metrics["mlm_acc"] == 1.0
     assert out.metrics["rtd_loss"] < 0.2 * first.metrics["rtd_loss"] and out.metrics["rtd_acc"] > 0.95
