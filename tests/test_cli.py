@@ -138,3 +138,15 @@ def test_parse_overrides_reads_json_values():
     assert cli.parse_overrides(["a=1", "b=true", "c=gelu", "d=0.5"]) == {"a": 1, "b": True, "c": "gelu", "d": 0.5}
     with pytest.raises(cli.UsageError, match="not KEY=VALUE"):
         cli.parse_overrides(["hidden_size"])
+
+
+def test_plain_warnings_are_one_line_naming_the_tool(capsys):
+    """What a model file warns (e.g. a head initialised fresh) reaches a tool's user as `tool: warning: ...`,
+    one line on stderr, not Python's file:line and source line."""
+    import warnings
+    with warnings.catch_warnings():                           # restores Python's own display afterwards
+        warnings.simplefilter("always")
+        cli.plain_warnings("train.py")
+        warnings.warn("BertForPreTraining: initialised fresh (not in run/): ['cls.seq_relationship']")
+    err = capsys.readouterr().err
+    assert err == "train.py: warning: BertForPreTraining: initialised fresh (not in run/): ['cls.seq_relationship']\n"
