@@ -121,6 +121,10 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded, or is refused: the message names the file and the problem."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle refused because loading it would run code: crafted, not damaged."""
+
+
 def atomic_write(path, write):
     """write(tmp_path) then rename over `path`: a crash leaves the old file or the new one, never half."""
     path = Path(path)
@@ -139,7 +143,7 @@ def _unreadable(file, e, holds, fix=None):
     holds only tensors"); `fix` says what to do instead of a weights file's advice."""
     call = re.search(r"GLOBAL ([\w.]+)", str(e))
     if call:
-        return CheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where {holds}. "
+        return UnsafeCheckpointError(f"{file} is refused: loading it would call {call[1]}, i.e. run code, where {holds}. "
                                + (fix or "Do not load it unless you trust its source (then convert it to "
                                          "model.safetensors)"))
     reason = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split("\n")[0])

@@ -276,6 +276,7 @@ def pretraining_batches(corpus, tok, family, objective, args, seed, rank=0, worl
 # ----------------------------------------------------------------------------- checkpoints
 
 MANIFEST = "manifest.json"      # every file of a checkpoint with its size and SHA-256, written last
+NO_MANIFEST = f"no {MANIFEST}"  # what check_manifest says of a checkpoint without one
 
 
 def save_checkpoint(run_dir, step, model, tok, optimizer, scheduler, scaler, args, rng=None):
@@ -356,19 +357,20 @@ def check_manifest(folder):
     ("no manifest.json" when there is none)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        return f"no {MANIFEST}"
+        return NO_MANIFEST
     try:
         files = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as e:
+        files = {str(name): (int(want["bytes"]), str(want["sha256"])) for name, want in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{MANIFEST} is unreadable ({type(e).__name__})"
-    for name, want in files.items():
+    for name, (size, _) in files.items():
         p = Path(folder) / name
         if not p.is_file():
             return f"{name} is missing"
-        if p.stat().st_size != want["bytes"]:
-            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['bytes']}"
-    for name, want in files.items():                      # sizes first: they are cheap
-        if _sha256(Path(folder) / name) != want["sha256"]:
+        if p.stat().st_size != size:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {size}"
+    for name, (_, sha256) in files.items():                 # sizes first: they are cheap
+        if _sha256(Path(folder) / name) != sha256:
             return f"{name} does not match its SHA-256 in the manifest"
     return None
 
@@ -386,9 +388,9 @@ def _read_state(ckpt):
     """(training state, None) or (None, why it cannot be read); a state made to run code is a UsageError."""
     try:
         return modeling.read_pickle(ckpt / "training_state.pt", *TRAINING_STATE), None
+    except modeling.UnsafeCheckpointError as e:             # not a bad disk: a file crafted to run code
+        raise UsageError(str(e)) from None
     except modeling.CheckpointError as e:
-        if "loading it would call" in str(e):               # not a bad disk: a file crafted to run code
-            raise UsageError(str(e)) from None
         return None, str(e)
 
 
@@ -402,10 +404,10 @@ def newest_good_checkpoint(run_dir, say):
     for ckpt in ckpts:
         problem = check_manifest(ckpt)
         state, unreadable = _read_state(ckpt) if (ckpt / "training_state.pt").is_file() else (None, None)
-        if problem == f"no {MANIFEST}" and state is not None and not state.get("manifest"):
+        if problem == NO_MANIFEST and state is not None and not state.get("manifest"):
             say(f"{ckpt.name}: no {MANIFEST} (saved before checkpoints carried one): resuming it unverified")
             problem = None
-        elif problem == f"no {MANIFEST}" and state is not None:
+        elif problem == NO_MANIFEST and state is not None:
             problem = f"its {MANIFEST} is missing (it was written with one)"
         problem = problem or unreadable
         if problem is None:

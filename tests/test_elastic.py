@@ -10,12 +10,8 @@ through the same driver."""
 import argparse
 import hashlib
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,7 +19,7 @@ import pytest
 import torch
 
 import train
-from test_resilience import ROOT, NO_DROPOUT, assert_same_run, corpus, env, shared  # noqa: F401 (fixtures)
+from test_resilience import NO_DROPOUT, assert_same_run, corpus, env, launch, shared  # noqa: F401 (fixtures)
 from test_train import base_args, killed_after_checkpoint, records
 
 DRIVER = r'''
@@ -77,42 +73,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def launch(cmds, env_, timeout=240):
-    """Run the commands side by side; [(returncode, stdout, stderr)]. Whatever happens (a timeout, a failed
-    assertion, Ctrl-C), no process they started outlives this call: each job carries a tag in its environment,
-    which torchrun's workers inherit (they run in sessions of their own), and every process with it is killed."""
-    tag = f"{os.getpid()}-{time.monotonic_ns()}"
-    procs = []
-    try:
-        for cmd in cmds:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          env={**env_, "TEST_ELASTIC_JOB": tag}, cwd=ROOT))
-        deadline = time.monotonic() + timeout
-        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
-        return [(p.returncode, *o) for p, o in zip(procs, outs)]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for pid in tagged(tag):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def tagged(tag):
-    """The processes whose environment holds TEST_ELASTIC_JOB=tag (Linux /proc; none where there is no /proc)."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"TEST_ELASTIC_JOB={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            pass
-    return pids
 
 
 def run_job(corpus, tmp, argv, nproc=1, extra_env=None, torchrun_args=(), ok=True):
@@ -210,6 +170,7 @@ def _flip_a_byte(file):
      "training_state.pt has 1000 bytes, the manifest says"),
     (lambda c: (c / "tokenizer.json").unlink(), "tokenizer.json is missing"),
     (lambda c: (c / train.MANIFEST).unlink(), "its manifest.json is missing"),
+    (lambda c: (c / train.MANIFEST).write_text('{"files": {"config.json": 3}}'), "manifest.json is unreadable"),
 ])
 def test_a_bad_newest_checkpoint_is_skipped_and_kept(corpus, tmp_path, two_checkpoints, capsys, damage, why):
     """A damaged newest checkpoint is skipped with one line naming it and why; the resume continues from the

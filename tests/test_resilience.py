@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,13 +205,48 @@ def test_a_model_with_non_finite_weights_is_never_saved(corpus, tmp_path):
 NO_DROPOUT = ["--set", "hidden_dropout_prob=0", "--set", "attention_probs_dropout_prob=0"]
 
 
+def launch(cmds, env_, timeout=240):
+    """Run the commands side by side; [(returncode, stdout, stderr)]. Whatever happens (a timeout, a failed
+    assertion, Ctrl-C), no process they started outlives this call: each job carries a tag in its environment,
+    which torchrun's workers inherit (they run in sessions of their own), and every process with it is killed."""
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    procs = []
+    try:
+        for cmd in cmds:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env={**env_, "TEST_ELASTIC_JOB": tag}, cwd=ROOT))
+        deadline = time.monotonic() + timeout
+        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+        return [(p.returncode, *o) for p, o in zip(procs, outs)]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        for pid in tagged(tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def tagged(tag):
+    """The processes whose environment holds TEST_ELASTIC_JOB=tag (Linux /proc; none where there is no /proc)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"TEST_ELASTIC_JOB={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
 def torchrun(corpus, argv, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "train.py", *argv, "--device", "cpu"]
-    e = {**env(corpus.parent / "cache"), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    [(rc, stdout, stderr)] = launch([cmd], {**env(corpus.parent / "cache"), "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert rc == 0, stderr[-3000:]
+    return stdout
 
 
 def test_batches_of_ranks_are_the_micro_batches_of_one_process(corpus, tmp_path):
@@ -234,8 +270,8 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(corpus, 
     args = dict(COMMON, **{"--steps": "10", "--eval-every": "10"})
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     drive(corpus, "none", 0, base_args(corpus, single, **args, **{"--grad-accum": "2"}) + NO_DROPOUT)
-    r = torchrun(corpus, base_args(corpus, ddp, **args) + NO_DROPOUT)
-    assert "2 processes (DDP)" in r.stdout and r.stdout.count("held-out:") == 1   # rank 0 alone reports
+    said = torchrun(corpus, base_args(corpus, ddp, **args) + NO_DROPOUT)
+    assert "2 processes (DDP)" in said and said.count("held-out:") == 1   # rank 0 alone reports
     a = [x for x in records(single) if "loss" in x]
     b = [x for x in records(ddp) if "loss" in x]
     assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(1, 11))
